@@ -1,0 +1,155 @@
+import { z } from 'zod';
+
+const port = z.coerce.number().int().min(0).max(65535);
+const upstreamName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'must be lowercase letters, digits, "-" or "_"');
+
+export const UpstreamSchema = z
+  .object({
+    name: upstreamName,
+    url: z.url({ protocol: /^https?$/ }),
+    /** Resource name the policy sees; defaults to `api:external/<name>`. */
+    resource: z.string().min(1).optional(),
+    /** Credentials injected on the way out; the agent never holds them. */
+    credentials: z
+      .object({
+        header: z.string().regex(/^[A-Za-z0-9-]+$/),
+        /** Name of the environment variable holding the secret (secrets never live in config files). */
+        valueEnv: z.string().min(1),
+        /** Optional prefix such as "Bearer ". */
+        prefix: z.string().default(''),
+      })
+      .strict()
+      .optional(),
+    /** HTTP method → action; defaults map GET/HEAD/OPTIONS → read, DELETE → delete, others → write. */
+    actionMap: z.record(z.string(), z.string().min(1)).optional(),
+    timeoutMs: z.coerce.number().int().positive().default(30_000),
+  })
+  .strict();
+
+export const ConfigSchema = z
+  .object({
+    /** Where the embedded default keeps its data (PGlite, keys, local state). */
+    home: z.string().min(1).default('.caracal'),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    database: z
+      .object({
+        /** PostgreSQL URL; unset = embedded PGlite under `home`. */
+        url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
+        /** Schema to use on PostgreSQL (tests isolate suites by schema). */
+        schema: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/).default('public'),
+        poolSize: z.coerce.number().int().min(1).max(500).default(10),
+      })
+      .strict()
+      .default({ schema: 'public', poolSize: 10 }),
+    kafka: z
+      .object({
+        /** Broker list; unset = durable event log inside the database. */
+        brokers: z.array(z.string().regex(/^[^\s:]+:\d+$/, 'must be host:port')).min(1).optional(),
+        clientId: z.string().min(1).default('caracal'),
+        topicPrefix: z.string().regex(/^[A-Za-z0-9._-]*$/).default('caracal.'),
+        partitions: z.coerce.number().int().min(1).max(1000).default(3),
+        replicationFactor: z.coerce.number().int().min(1).max(10).default(1),
+      })
+      .strict()
+      .default({ clientId: 'caracal', topicPrefix: 'caracal.', partitions: 3, replicationFactor: 1 }),
+    redis: z
+      .object({
+        /** Redis URL; unset = in-process cache. */
+        url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// URL').optional(),
+        keyPrefix: z.string().default('caracal:'),
+      })
+      .strict()
+      .default({ keyPrefix: 'caracal:' }),
+    gateway: z
+      .object({
+        host: z.string().min(1).default('127.0.0.1'),
+        port: port.default(8443),
+        bodyLimitBytes: z.coerce.number().int().positive().default(10 * 1024 * 1024),
+        /** Largest total size of request headers accepted (Node's --max-http-header-size). */
+        maxHeaderBytes: z.coerce.number().int().min(1024).max(1024 * 1024).default(16 * 1024),
+        shutdownGraceMs: z.coerce.number().int().min(0).default(10_000),
+        upstreams: z.array(UpstreamSchema).default([]),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: 8443, bodyLimitBytes: 10 * 1024 * 1024, maxHeaderBytes: 16 * 1024, shutdownGraceMs: 10_000, upstreams: [] }),
+    admin: z
+      .object({
+        host: z.string().min(1).default('127.0.0.1'),
+        port: port.default(8444),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: 8444 }),
+    metrics: z
+      .object({
+        host: z.string().min(1).default('127.0.0.1'),
+        port: port.default(9090),
+        consumersPort: port.default(9091),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: 9090, consumersPort: 9091 }),
+    auth: z
+      .object({
+        issuer: z.string().min(1).default('caracal'),
+        audience: z.string().min(1).default('caracal-gateway'),
+        /** PEM file of the ES256 (P-256) signing key; unset = generated under `home/keys`. */
+        signingKeyPath: z.string().min(1).optional(),
+        tokenTtlSeconds: z.coerce.number().int().min(1).max(86_400).default(900),
+        clockSkewSeconds: z.coerce.number().int().min(0).max(300).default(30),
+        verifiedTokenCacheSize: z.coerce.number().int().min(0).max(10_000_000).default(100_000),
+      })
+      .strict()
+      .default({ issuer: 'caracal', audience: 'caracal-gateway', tokenTtlSeconds: 900, clockSkewSeconds: 30, verifiedTokenCacheSize: 100_000 }),
+    policy: z
+      .object({
+        /** Bundle (tar.gz with policy.wasm) to load; unset = the committed default bundle. */
+        bundlePath: z.string().min(1).optional(),
+        /** Path to the `opa` binary, for bundle build / opa test. */
+        opaBin: z.string().min(1).default('opa'),
+      })
+      .strict()
+      .default({ opaBin: 'opa' }),
+  })
+  .strict();
+
+export type CaracalConfig = z.infer<typeof ConfigSchema>;
+export type UpstreamConfig = z.infer<typeof UpstreamSchema>;
+
+/** Environment variables and the config key each one sets. */
+export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
+  CARACAL_HOME: { path: ['home'] },
+  CARACAL_LOG_LEVEL: { path: ['logLevel'] },
+  DATABASE_URL: { path: ['database', 'url'] },
+  CARACAL_DB_SCHEMA: { path: ['database', 'schema'] },
+  CARACAL_DB_POOL_SIZE: { path: ['database', 'poolSize'] },
+  KAFKA_BROKERS: { path: ['kafka', 'brokers'], list: true },
+  CARACAL_KAFKA_CLIENT_ID: { path: ['kafka', 'clientId'] },
+  CARACAL_TOPIC_PREFIX: { path: ['kafka', 'topicPrefix'] },
+  CARACAL_KAFKA_PARTITIONS: { path: ['kafka', 'partitions'] },
+  CARACAL_KAFKA_REPLICATION_FACTOR: { path: ['kafka', 'replicationFactor'] },
+  REDIS_URL: { path: ['redis', 'url'] },
+  CARACAL_REDIS_KEY_PREFIX: { path: ['redis', 'keyPrefix'] },
+  CARACAL_GATEWAY_HOST: { path: ['gateway', 'host'] },
+  CARACAL_GATEWAY_PORT: { path: ['gateway', 'port'] },
+  CARACAL_ADMIN_HOST: { path: ['admin', 'host'] },
+  CARACAL_ADMIN_PORT: { path: ['admin', 'port'] },
+  CARACAL_METRICS_HOST: { path: ['metrics', 'host'] },
+  CARACAL_METRICS_PORT: { path: ['metrics', 'port'] },
+  CARACAL_CONSUMERS_METRICS_PORT: { path: ['metrics', 'consumersPort'] },
+  CARACAL_SIGNING_KEY: { path: ['auth', 'signingKeyPath'] },
+  CARACAL_TOKEN_ISSUER: { path: ['auth', 'issuer'] },
+  CARACAL_TOKEN_AUDIENCE: { path: ['auth', 'audience'] },
+  CARACAL_BUNDLE: { path: ['policy', 'bundlePath'] },
+  CARACAL_OPA_BIN: { path: ['policy', 'opaBin'] },
+};
+
+/** Keys people carry over from the v0.3 deployment guide; rejected with a pointer to the new name. */
+export const RENAMED_KEYS: Record<string, string> = {
+  'database.pool_size': 'database.poolSize',
+  'database.max_overflow': 'database.poolSize',
+  'database.read_replica_url': '(not supported yet) database.url',
+  'kafka.bootstrap_servers': 'kafka.brokers',
+  'kafka.topic_prefix': 'kafka.topicPrefix',
+  'redis.host': 'redis.url',
+  'gateway.listen_port': 'gateway.port',
+  'log_level': 'logLevel',
+};
