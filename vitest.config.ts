@@ -25,8 +25,6 @@ export default defineConfig({
           include: ['test/e2e/**/*.test.ts'],
           testTimeout: 120_000,
           hookTimeout: 180_000,
-          // e2e suites start whole processes; run them one file at a time on a 2-core machine.
-          fileParallelism: false,
         },
       },
     ],

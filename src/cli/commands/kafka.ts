@@ -1,0 +1,50 @@
+import type { Command } from 'commander';
+import { topicSpecs } from '../../events/topics.js';
+import { positiveInt } from '../parse.js';
+import type { CliRuntime } from '../runtime.js';
+
+export function registerKafkaCommands(program: Command, rt: () => CliRuntime): void {
+  const kafka = program.command('kafka').description('event topics and consumer groups (Kafka, or the embedded log)');
+
+  kafka
+    .command('create-topics')
+    .description('create the Caracal topics (idempotent)')
+    .option('--partitions <n>', 'partitions per topic (default: kafka.partitions)')
+    .option('--replication-factor <n>', 'replication factor (default: kafka.replicationFactor)')
+    .action(async (options) => {
+      const runtime = rt();
+      const specs = topicSpecs(runtime.config()).map((spec) => ({
+        ...spec,
+        ...(options.partitions !== undefined ? { partitions: positiveInt('--partitions', options.partitions) } : {}),
+        ...(options.replicationFactor !== undefined ? { replicationFactor: positiveInt('--replication-factor', options.replicationFactor) } : {}),
+      }));
+      const kind = await runtime.withContext(async (ctx) => {
+        const events = await ctx.events();
+        await events.createTopics(specs);
+        return events.kind;
+      });
+      for (const spec of specs) runtime.out.line(`${spec.name}  partitions=${spec.partitions} replication=${spec.replicationFactor}  (${kind})`);
+    });
+
+  kafka
+    .command('consumer-lag')
+    .description('committed offset vs end offset per partition for a consumer group')
+    .requiredOption('--consumer-group <group>', 'consumer group id')
+    .option('--json', 'print JSON')
+    .action(async (options) => {
+      const runtime = rt();
+      const lag = await runtime.withContext(async (ctx) => {
+        const topics = Object.values(ctx.topics);
+        return (await ctx.events()).consumerLag(options.consumerGroup, topics);
+      });
+      if (options.json) return runtime.out.json(lag);
+      runtime.out.table(lag as unknown as Record<string, unknown>[], [
+        { key: 'topic', header: 'TOPIC' },
+        { key: 'partition', header: 'PARTITION' },
+        { key: 'committed', header: 'COMMITTED' },
+        { key: 'end', header: 'END' },
+        { key: 'lag', header: 'LAG' },
+      ]);
+      runtime.out.line(`total lag: ${lag.reduce((sum, p) => sum + p.lag, 0)}`);
+    });
+}

@@ -1,0 +1,109 @@
+import { hostname } from 'node:os';
+import { openCache } from './cache/open.js';
+import type { Cache } from './cache/cache.js';
+import type { CaracalConfig } from './config/schema.js';
+import { openEventLog } from './events/open.js';
+import type { EventLog } from './events/event-log.js';
+import { EventPublisher } from './events/publisher.js';
+import { topicNames } from './events/topics.js';
+import { buildEvent, EVENT_TYPES, type LifecycleData } from './events/cloudevents.js';
+import { loadSigningKey, type SigningKey } from './authority/keys.js';
+import type { TokenSettings } from './authority/tokens.js';
+import { createLogger, type Logger } from './logging/logger.js';
+import type { Db } from './store/db.js';
+import { openDb } from './store/open.js';
+import { newId } from './util/ids.js';
+
+export interface ContextOverrides {
+  db?: Db;
+  events?: EventLog;
+  cache?: Cache;
+  logger?: Logger;
+}
+
+/**
+ * Everything a role needs, built once from config (dependency injection without a framework).
+ * The database opens eagerly; the event log, cache and signing key open on first use so a CLI
+ * command that only reads the database never connects to Kafka.
+ */
+export class AppContext {
+  readonly instanceId = `${hostname()}-${process.pid}-${newId().slice(-6)}`;
+  readonly topics: ReturnType<typeof topicNames>;
+  readonly tokenSettings: TokenSettings;
+  private eventsPromise?: Promise<EventLog>;
+  private cachePromise?: Promise<Cache>;
+  private keyPromise?: Promise<SigningKey>;
+  private publisherInstance?: EventPublisher;
+  private readonly closers: (() => Promise<void>)[] = [];
+
+  private constructor(
+    readonly config: Readonly<CaracalConfig>,
+    readonly logger: Logger,
+    readonly db: Db,
+    private readonly overrides: ContextOverrides,
+  ) {
+    this.topics = topicNames(config.kafka.topicPrefix);
+    this.tokenSettings = { issuer: config.auth.issuer, audience: config.auth.audience, clockSkewSeconds: config.auth.clockSkewSeconds };
+  }
+
+  static async fromConfig(config: Readonly<CaracalConfig>, overrides: ContextOverrides = {}): Promise<AppContext> {
+    const logger = overrides.logger ?? createLogger(config.logLevel);
+    const db = overrides.db ?? (await openDb(config));
+    const ctx = new AppContext(config, logger, db, overrides);
+    if (!overrides.db) ctx.closers.push(() => db.close());
+    return ctx;
+  }
+
+  events(): Promise<EventLog> {
+    this.eventsPromise ??= (async () => {
+      if (this.overrides.events) return this.overrides.events;
+      const log = await openEventLog(this.config, this.db);
+      this.closers.push(() => log.close());
+      return log;
+    })();
+    return this.eventsPromise;
+  }
+
+  cache(): Promise<Cache> {
+    this.cachePromise ??= (async () => {
+      if (this.overrides.cache) return this.overrides.cache;
+      const cache = await openCache(this.config);
+      this.closers.push(() => cache.close());
+      return cache;
+    })();
+    return this.cachePromise;
+  }
+
+  signingKey(): Promise<SigningKey> {
+    this.keyPromise ??= loadSigningKey({ signingKeyPath: this.config.auth.signingKeyPath, home: this.config.home });
+    return this.keyPromise;
+  }
+
+  async publisher(onBatch?: (topic: string, size: number, ok: boolean) => void): Promise<EventPublisher> {
+    if (!this.publisherInstance) {
+      const publisher = new EventPublisher(await this.events(), 500, onBatch);
+      this.publisherInstance = publisher;
+      // Flushed before the event log closes (closers run in reverse order).
+      this.closers.push(() => publisher.close());
+    }
+    return this.publisherInstance;
+  }
+
+  /** Announces a change to principals, policies or tokens so every gateway refreshes its facts. */
+  async announce(data: LifecycleData): Promise<void> {
+    const event = buildEvent(EVENT_TYPES.lifecycle, `caracal/${this.instanceId}`, data.principal_id ?? undefined, data);
+    await (await this.events()).publish(this.topics.lifecycle, [{ key: data.principal_id ?? 'global', value: JSON.stringify(event) }]);
+  }
+
+  /** Closes what this context opened, newest first. */
+  async close(): Promise<void> {
+    for (const close of this.closers.reverse()) {
+      try {
+        await close();
+      } catch (err) {
+        this.logger.warn({ err }, 'error while closing');
+      }
+    }
+    this.closers.length = 0;
+  }
+}

@@ -1,0 +1,115 @@
+import { z } from 'zod';
+import { newId } from '../util/ids.js';
+
+/**
+ * CloudEvents 1.0 envelopes (structured JSON mode). Each event type has a versioned data schema,
+ * checked when an event is built and again when a consumer reads it.
+ */
+export const EVENT_TYPES = {
+  decision: 'dev.caracal.policy.decision.v1',
+  lifecycle: 'dev.caracal.agent.lifecycle.v1',
+} as const;
+
+export const DecisionDataSchema = z
+  .object({
+    decision_id: z.string().min(1),
+    request_id: z.string().min(1),
+    principal_id: z.string().nullable(),
+    token_id: z.string().nullable(),
+    upstream: z.string().nullable(),
+    method: z.string(),
+    path: z.string(),
+    resource: z.string().nullable(),
+    action: z.string().nullable(),
+    allow: z.boolean(),
+    reasons: z.array(z.string()),
+    policy_ids: z.array(z.string()),
+    bundle_revision: z.string().nullable(),
+    status: z.number().int(),
+  })
+  .strict();
+
+export const LifecycleDataSchema = z
+  .object({
+    entity: z.enum(['principal', 'policy', 'token', 'emergency', 'allowlist', 'budget', 'mandate']),
+    action: z.string().min(1),
+    principal_id: z.string().nullable(),
+    entity_id: z.string().nullable(),
+    attributes: z.record(z.string(), z.unknown()).default({}),
+  })
+  .strict();
+
+export type DecisionData = z.infer<typeof DecisionDataSchema>;
+export type LifecycleData = z.infer<typeof LifecycleDataSchema>;
+
+const DATA_SCHEMAS = {
+  [EVENT_TYPES.decision]: DecisionDataSchema,
+  [EVENT_TYPES.lifecycle]: LifecycleDataSchema,
+} as const;
+
+type EventType = (typeof EVENT_TYPES)[keyof typeof EVENT_TYPES];
+
+export const CloudEventSchema = z
+  .object({
+    specversion: z.literal('1.0'),
+    id: z.string().min(1).max(128),
+    type: z.string().min(1),
+    source: z.string().min(1),
+    time: z.string().datetime({ offset: false }),
+    subject: z.string().optional(),
+    datacontenttype: z.literal('application/json'),
+    data: z.unknown(),
+  })
+  .strict();
+
+export interface CloudEvent<Data = unknown> {
+  specversion: '1.0';
+  id: string;
+  type: string;
+  source: string;
+  time: string;
+  subject?: string;
+  datacontenttype: 'application/json';
+  data: Data;
+}
+
+export function buildEvent<T extends EventType>(
+  type: T,
+  source: string,
+  subject: string | undefined,
+  data: z.input<(typeof DATA_SCHEMAS)[T]>,
+  now: Date = new Date(),
+): CloudEvent<z.infer<(typeof DATA_SCHEMAS)[T]>> {
+  const parsed = DATA_SCHEMAS[type].parse(data) as z.infer<(typeof DATA_SCHEMAS)[T]>;
+  return {
+    specversion: '1.0',
+    id: newId(),
+    type,
+    source,
+    time: now.toISOString(),
+    ...(subject !== undefined ? { subject } : {}),
+    datacontenttype: 'application/json',
+    data: parsed,
+  };
+}
+
+export class EventSchemaError extends Error {
+  override name = 'EventSchemaError';
+}
+
+/** Parses and validates an event read from a topic; throws EventSchemaError (not retriable). */
+export function parseEvent(raw: string): CloudEvent {
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {
+    throw new EventSchemaError('event is not valid JSON');
+  }
+  const envelope = CloudEventSchema.safeParse(json);
+  if (!envelope.success) throw new EventSchemaError(`invalid CloudEvent: ${envelope.error.issues[0]?.path.join('.')} ${envelope.error.issues[0]?.message}`);
+  const schema = DATA_SCHEMAS[envelope.data.type as EventType];
+  if (!schema) throw new EventSchemaError(`unknown event type ${envelope.data.type}`);
+  const data = schema.safeParse(envelope.data.data);
+  if (!data.success) throw new EventSchemaError(`invalid ${envelope.data.type} data: ${data.error.issues[0]?.path.join('.')} ${data.error.issues[0]?.message}`);
+  return { ...(envelope.data as CloudEvent), data: data.data };
+}

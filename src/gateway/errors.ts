@@ -1,0 +1,46 @@
+import type { FastifyError, FastifyInstance } from 'fastify';
+import { ZodError } from 'zod';
+import { CaracalError, type ErrorCode } from '../errors/catalog.js';
+import type { Logger } from '../logging/logger.js';
+
+export interface ErrorBody {
+  error: ErrorCode;
+  message: string;
+  reasons: string[];
+  request_id: string;
+  [extra: string]: unknown;
+}
+
+export function errorBody(error: CaracalError, requestId: string): ErrorBody {
+  return { error: error.code, message: error.message, reasons: error.reasons, ...error.details, request_id: requestId };
+}
+
+/** Anything thrown becomes a catalog error; unknown errors become a 500 that says nothing internal. */
+export function toCaracalError(err: unknown): CaracalError {
+  if (err instanceof CaracalError) return err;
+  if (err instanceof ZodError) {
+    const problems = err.issues.map((issue) => `${issue.path.join('.') || 'value'}: ${issue.message}`);
+    return new CaracalError('CARACAL_VALIDATION', problems.join('; '), { reasons: problems });
+  }
+  const fastifyError = err as Partial<FastifyError>;
+  const status = fastifyError.statusCode ?? 500;
+  if (status === 413) return new CaracalError('CARACAL_PAYLOAD_TOO_LARGE', undefined, { cause: err });
+  if (status === 431) return new CaracalError('CARACAL_HEADERS_TOO_LARGE', undefined, { cause: err });
+  if (status === 404) return new CaracalError('CARACAL_NOT_FOUND', undefined, { cause: err });
+  if (status >= 400 && status < 500) {
+    return new CaracalError('CARACAL_BAD_REQUEST', fastifyError.message ?? undefined, { cause: err });
+  }
+  return new CaracalError('CARACAL_INTERNAL', undefined, { cause: err });
+}
+
+/** The one error handler: JSON bodies with `request_id`, 4xx logged at info, 5xx at error. */
+export function installErrorHandling(app: FastifyInstance, logger: Logger): void {
+  const log = logger.child({ component: 'errors' });
+  app.setErrorHandler((err, request, reply) => {
+    const error = toCaracalError(err);
+    const fields = { request_id: request.id, code: error.code, status: error.statusCode, reasons: error.reasons };
+    if (error.statusCode >= 500) log.error({ ...fields, err }, error.message);
+    else log.info(fields, error.message);
+    reply.code(error.statusCode).send(errorBody(error, request.id));
+  });
+}

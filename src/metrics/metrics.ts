@@ -1,0 +1,74 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * One registry per process role and one helper per thing we count. Labels come from closed
+ * sets only (route templates, configured upstream names, outcome enums) — never agent ids,
+ * tokens or raw paths, so the series count stays bounded.
+ */
+export class GatewayMetrics {
+  readonly registry = new Registry();
+  readonly requests: Counter<'route' | 'method' | 'status' | 'upstream'>;
+  readonly duration: Histogram<'route' | 'upstream'>;
+  readonly policyEvaluations: Counter<'outcome' | 'allow'>;
+  readonly policyEvalDuration: Histogram<string>;
+  readonly authFailures: Counter<'reason'>;
+  readonly tokenCache: Counter<'result'>;
+  readonly eventsPublished: Counter<'topic' | 'result'>;
+  readonly bundleInfo: Gauge<'revision'>;
+  readonly inFlight: Gauge<string>;
+
+  constructor(defaultMetrics = true) {
+    if (defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'caracal_' });
+    const registers = [this.registry];
+    this.requests = new Counter({
+      name: 'caracal_gateway_requests_total',
+      help: 'Requests handled by the gateway',
+      labelNames: ['route', 'method', 'status', 'upstream'],
+      registers,
+    });
+    this.duration = new Histogram({
+      name: 'caracal_gateway_request_duration_seconds',
+      help: 'Gateway request latency, from receipt to response end',
+      labelNames: ['route', 'upstream'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.policyEvaluations = new Counter({
+      name: 'caracal_policy_evaluations_total',
+      help: 'Policy evaluations by engine outcome and decision',
+      labelNames: ['outcome', 'allow'],
+      registers,
+    });
+    this.policyEvalDuration = new Histogram({
+      name: 'caracal_policy_evaluation_duration_seconds',
+      help: 'Time spent in one WASM policy evaluation',
+      buckets: [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01],
+      registers,
+    });
+    this.authFailures = new Counter({
+      name: 'caracal_auth_failures_total',
+      help: 'Authentication failures by reason',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.tokenCache = new Counter({
+      name: 'caracal_token_cache_requests_total',
+      help: 'Verified-token cache lookups (hit or miss)',
+      labelNames: ['result'],
+      registers,
+    });
+    this.eventsPublished = new Counter({
+      name: 'caracal_events_published_total',
+      help: 'Events appended to the event log, by topic and result',
+      labelNames: ['topic', 'result'],
+      registers,
+    });
+    this.bundleInfo = new Gauge({
+      name: 'caracal_policy_bundle_info',
+      help: 'The active policy bundle revision (value is always 1)',
+      labelNames: ['revision'],
+      registers,
+    });
+    this.inFlight = new Gauge({ name: 'caracal_gateway_in_flight_requests', help: 'Requests being handled', registers });
+  }
+}
