@@ -8,11 +8,15 @@ import type { AddressInfo } from 'node:net';
  */
 export interface EchoUpstream {
   url: string;
+  /** Requests received so far (tests assert that denied requests never arrive). */
+  readonly requests: number;
   close(): Promise<void>;
 }
 
 export async function startEchoUpstream(port = 0, host = '127.0.0.1'): Promise<EchoUpstream> {
+  let requests = 0;
   const server = http.createServer((req, res) => {
+    requests++;
     let size = 0;
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
@@ -28,6 +32,9 @@ export async function startEchoUpstream(port = 0, host = '127.0.0.1'): Promise<E
   const address = server.address() as AddressInfo;
   return {
     url: `http://${host}:${address.port}`,
+    get requests() {
+      return requests;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

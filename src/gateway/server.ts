@@ -13,7 +13,79 @@ import { PolicyEngine } from '../policy/engine.js';
 import { HomeLock, newAdminToken } from '../store/home.js';
 import { migrateUp } from '../store/migrate.js';
 import { buildAdminApp } from './admin.js';
-import { buildGatewayApp } from './app.js';
+import { buildGatewayApp, type GatewayApp, type PolicyEvaluator } from './app.js';
+
+export interface AssembledGateway {
+  gateway: GatewayApp;
+  metrics: GatewayMetrics;
+  facts: AuthorityFacts;
+  tokenCache: VerifiedTokenCache;
+  engine: { current: PolicyEvaluator };
+  /** Stops the lifecycle subscription (the context is the caller's to close). */
+  stop(): Promise<void>;
+}
+
+/**
+ * Everything the agent-facing app needs, wired from a context, without listening: `startGateway`
+ * listens on it, tests `inject()` into it.
+ */
+export async function assembleGateway(ctx: AppContext, options: { prepare?: boolean; metrics?: GatewayMetrics } = {}): Promise<AssembledGateway> {
+  const { config } = ctx;
+  const log = ctx.logger.child({ component: 'gateway' });
+  const events = await ctx.events();
+  if (options.prepare ?? true) {
+    await migrateUp(ctx.db);
+    await events.createTopics(topicSpecs(config));
+  }
+  const engine = { current: await PolicyEngine.fromBundleFile(config.policy.bundlePath ?? DEFAULT_BUNDLE) as PolicyEvaluator };
+  const metrics = options.metrics ?? new GatewayMetrics();
+  metrics.bundleInfo.set({ revision: engine.current.revision }, 1);
+  const key = await ctx.signingKey();
+  const facts = new AuthorityFacts(ctx.db, ctx.logger);
+  const tokenCache = new VerifiedTokenCache(config.auth.verifiedTokenCacheSize);
+  const publisher = await ctx.publisher((topic, size, ok) => metrics.eventsPublished.inc({ topic, result: ok ? 'ok' : 'error' }, size));
+  const cache = await ctx.cache();
+
+  // Changes to principals and policies reach this gateway through agent.lifecycle.
+  const subscription: Subscription = await events.subscribe({
+    groupId: `caracal-gateway-${ctx.instanceId}`,
+    topics: [ctx.topics.lifecycle],
+    fromBeginning: false,
+    handler: async (message) => {
+      let data: LifecycleData;
+      try {
+        data = parseEvent(message.value).data as LifecycleData;
+      } catch (err) {
+        log.warn({ err, offset: message.offset }, 'ignoring a malformed lifecycle event');
+        return;
+      }
+      if (data.principal_id) {
+        facts.invalidate(data.principal_id);
+        if (data.action === 'suspended') tokenCache.evictWhere((t) => t.principalId === data.principal_id);
+      }
+    },
+  });
+
+  const gateway = await buildGatewayApp({
+    config,
+    logger: ctx.logger,
+    engine,
+    facts,
+    verifier: new TokenVerifier([key], ctx.tokenSettings),
+    tokenCache,
+    publisher,
+    decisionsTopic: ctx.topics.decisions,
+    metrics,
+    readiness: [
+      { name: 'database', check: () => ctx.db.ping() },
+      { name: 'events', check: () => events.ping() },
+      { name: 'cache', check: () => cache.ping() },
+    ],
+    jwks: async () => ({ keys: [key.publicJwk] }),
+    source: `caracal/gateway/${ctx.instanceId}`,
+  });
+  return { gateway, metrics, facts, tokenCache, engine, stop: () => subscription.stop() };
+}
 
 export interface RunningGateway {
   ctx: AppContext;
@@ -33,10 +105,10 @@ export interface StartGatewayOptions {
   prepare?: boolean;
 }
 
-function urlOf(app: FastifyInstance, scheme = 'http'): string {
+function urlOf(app: FastifyInstance): string {
   const address = app.server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  return `${scheme}://${host}:${address.port}`;
+  return `http://${host}:${address.port}`;
 }
 
 export async function startGateway(config: Readonly<CaracalConfig>, options: StartGatewayOptions = {}): Promise<RunningGateway> {
@@ -46,68 +118,24 @@ export async function startGateway(config: Readonly<CaracalConfig>, options: Sta
     throw err;
   });
   const log = ctx.logger.child({ component: 'gateway' });
-  const started: { close: () => Promise<unknown> }[] = [];
-  let subscription: Subscription | undefined;
+  const listening: FastifyInstance[] = [];
+  let assembled: AssembledGateway | undefined;
+  const teardown = async () => {
+    for (const app of listening.reverse()) await app.close().catch(() => {});
+    await assembled?.stop().catch(() => {});
+    await ctx.close(); // publisher flush → event log → cache → database
+    lock?.release();
+  };
   try {
-    const events = await ctx.events();
-    if (options.prepare ?? true) {
-      await migrateUp(ctx.db);
-      await events.createTopics(topicSpecs(config));
-    }
-    const engine = { current: await PolicyEngine.fromBundleFile(config.policy.bundlePath ?? DEFAULT_BUNDLE) };
-    const metrics = new GatewayMetrics();
-    metrics.bundleInfo.set({ revision: engine.current.revision }, 1);
-    const key = await ctx.signingKey();
-    const facts = new AuthorityFacts(ctx.db, ctx.logger);
-    const tokenCache = new VerifiedTokenCache(config.auth.verifiedTokenCacheSize);
-    const publisher = await ctx.publisher((topic, size, ok) => metrics.eventsPublished.inc({ topic, result: ok ? 'ok' : 'error' }, size));
-    const cache = await ctx.cache();
-
-    // Changes to principals and policies reach this gateway through agent.lifecycle.
-    subscription = await events.subscribe({
-      groupId: `caracal-gateway-${ctx.instanceId}`,
-      topics: [ctx.topics.lifecycle],
-      fromBeginning: false,
-      handler: async (message) => {
-        let data: LifecycleData;
-        try {
-          data = parseEvent(message.value).data as LifecycleData;
-        } catch (err) {
-          log.warn({ err, offset: message.offset }, 'ignoring a malformed lifecycle event');
-          return;
-        }
-        if (data.principal_id) {
-          facts.invalidate(data.principal_id);
-          if (data.action === 'suspended') tokenCache.evictWhere((t) => t.principalId === data.principal_id);
-        }
-      },
-    });
-
-    const gateway = await buildGatewayApp({
-      config,
-      logger: ctx.logger,
-      engine,
-      facts,
-      verifier: new TokenVerifier([key], ctx.tokenSettings),
-      tokenCache,
-      publisher,
-      decisionsTopic: ctx.topics.decisions,
-      metrics,
-      readiness: [
-        { name: 'database', check: () => ctx.db.ping() },
-        { name: 'events', check: () => events.ping() },
-        { name: 'cache', check: () => cache.ping() },
-      ],
-      jwks: async () => ({ keys: [key.publicJwk] }),
-      source: `caracal/gateway/${ctx.instanceId}`,
-    });
+    assembled = await assembleGateway(ctx, { prepare: options.prepare });
+    const { gateway, metrics } = assembled;
     await gateway.app.listen({ host: config.gateway.host, port: config.gateway.port });
-    started.push(gateway.app);
+    listening.push(gateway.app);
 
     const adminToken = options.adminToken ?? process.env.CARACAL_ADMIN_TOKEN ?? newAdminToken();
     const admin = await buildAdminApp(ctx, adminToken);
     await admin.listen({ host: config.admin.host, port: config.admin.port });
-    started.push(admin);
+    listening.push(admin);
 
     const metricsApp = Fastify({ logger: false });
     metricsApp.get('/metrics', async (_request, reply) => {
@@ -115,11 +143,11 @@ export async function startGateway(config: Readonly<CaracalConfig>, options: Sta
       return metrics.registry.metrics();
     });
     await metricsApp.listen({ host: config.metrics.host, port: config.metrics.port });
-    started.push(metricsApp);
+    listening.push(metricsApp);
 
     const adminUrl = urlOf(admin);
     lock?.publishRuntime(adminUrl, adminToken);
-    log.info({ gateway: urlOf(gateway.app), admin: adminUrl, metrics: urlOf(metricsApp), bundle_revision: engine.current.revision, backends: { db: ctx.db.kind, events: events.kind, cache: cache.kind } }, 'gateway listening');
+    log.info({ gateway: urlOf(gateway.app), admin: adminUrl, metrics: urlOf(metricsApp), bundle_revision: assembled.engine.current.revision }, 'gateway listening');
 
     let closed: Promise<void> | undefined;
     return {
@@ -131,20 +159,14 @@ export async function startGateway(config: Readonly<CaracalConfig>, options: Sta
       metrics,
       close: () =>
         (closed ??= (async () => {
+          // New requests get 503 while Fastify's close drains the in-flight ones.
           gateway.beginShutdown();
-          // Fastify's close stops accepting and waits for in-flight requests.
-          for (const app of started.reverse()) await app.close().catch(() => {});
-          await subscription?.stop().catch(() => {});
-          await ctx.close(); // publisher flush → event log → cache → database
-          lock?.release();
+          await teardown();
           log.info('gateway stopped');
         })()),
     };
   } catch (err) {
-    for (const app of started.reverse()) await app.close().catch(() => {});
-    await subscription?.stop().catch(() => {});
-    await ctx.close();
-    lock?.release();
+    await teardown();
     throw err;
   }
 }

@@ -1,0 +1,105 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { issueAccessToken } from '../../src/authority/tokens.js';
+import type { Cache } from '../../src/cache/cache.js';
+import { loadConfig } from '../../src/config/load.js';
+import { AppContext } from '../../src/context.js';
+import { startEchoUpstream, type EchoUpstream } from '../../src/dev/echo-upstream.js';
+import { parseEvent, type DecisionData } from '../../src/events/cloudevents.js';
+import type { EventLog, LogMessage } from '../../src/events/event-log.js';
+import { assembleGateway, type AssembledGateway } from '../../src/gateway/server.js';
+import { createLogger } from '../../src/logging/logger.js';
+import { runOperation } from '../../src/operations.js';
+import type { Db } from '../../src/store/db.js';
+import { randomName } from './services.js';
+
+export interface HarnessOptions {
+  env?: Record<string, string>;
+  db?: Db;
+  events?: EventLog;
+  cache?: Cache;
+  extraUpstreams?: { name: string; url: string; timeoutMs?: number }[];
+}
+
+/** A whole gateway (real WASM, real event log, real echo upstream on loopback) driven by inject(). */
+export interface Harness {
+  ctx: AppContext;
+  assembled: AssembledGateway;
+  upstream: EchoUpstream;
+  registerAgent(name?: string): Promise<string>;
+  grant(principalId: string, resources: string[], actions: string[]): Promise<string>;
+  token(principalId: string, ttlSeconds?: number, now?: Date): Promise<string>;
+  op(name: string, args: Record<string, unknown>): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+export async function createHarness(options: HarnessOptions = {}): Promise<Harness> {
+  const upstream = await startEchoUpstream();
+  const home = mkdtempSync(path.join(tmpdir(), 'caracal-harness-'));
+  const config = loadConfig({
+    env: { CARACAL_TOPIC_PREFIX: `${randomName('t')}.`, ...options.env },
+    cwd: home,
+    overrides: {
+      home,
+      logLevel: 'silent',
+      gateway: { upstreams: [{ name: 'echo', url: upstream.url }, ...(options.extraUpstreams ?? [])] },
+    },
+  });
+  const ctx = await AppContext.fromConfig(config, {
+    logger: createLogger('silent'),
+    ...(options.db ? { db: options.db } : {}),
+    ...(options.events ? { events: options.events } : {}),
+    ...(options.cache ? { cache: options.cache } : {}),
+  });
+  const assembled = await assembleGateway(ctx);
+  await assembled.gateway.app.ready();
+  const op = (name: string, args: Record<string, unknown>) => runOperation(ctx, name, args);
+  return {
+    ctx,
+    assembled,
+    upstream,
+    op,
+    registerAgent: async (name = randomName('agent')) => ((await op('agent.register', { name, owner: 'test@example.com' })) as { id: string }).id,
+    grant: async (principalId, resources, actions) =>
+      ((await op('policy.create', { principalId, resources, actions, maxValiditySeconds: 3600 })) as { id: string }).id,
+    token: async (principalId, ttlSeconds = 300, now) => (await issueAccessToken(await ctx.signingKey(), ctx.tokenSettings, principalId, ttlSeconds, now)).token,
+    close: async () => {
+      await assembled.gateway.app.close();
+      await assembled.stop();
+      await ctx.close();
+      await upstream.close();
+    },
+  };
+}
+
+/** Reads a topic from the beginning with a fresh group until `done` says so or the time is up. */
+export async function readTopic(
+  events: EventLog,
+  topic: string,
+  done: (messages: LogMessage[]) => boolean,
+  timeoutMs = 15_000,
+): Promise<LogMessage[]> {
+  const messages: LogMessage[] = [];
+  let finish!: () => void;
+  const finished = new Promise<void>((resolve) => (finish = resolve));
+  const subscription = await events.subscribe({
+    groupId: randomName('reader'),
+    topics: [topic],
+    fromBeginning: true,
+    handler: async (message) => {
+      messages.push(message);
+      if (done(messages)) finish();
+    },
+  });
+  const timer = setTimeout(finish, timeoutMs);
+  await finished;
+  clearTimeout(timer);
+  await subscription.stop();
+  return messages;
+}
+
+export async function readDecisions(events: EventLog, topic: string, expected: (d: DecisionData[]) => boolean, timeoutMs?: number): Promise<DecisionData[]> {
+  const toData = (messages: LogMessage[]) => messages.map((m) => parseEvent(m.value).data as DecisionData);
+  return toData(await readTopic(events, topic, (messages) => expected(toData(messages)), timeoutMs));
+}
