@@ -6,6 +6,7 @@ import { CaracalError, ERROR_CATALOG, type ErrorCode } from '../errors/catalog.j
 import { runOperation, type OperationName } from '../operations.js';
 import { HomeLock, readRuntime } from '../store/home.js';
 import { migrateUp } from '../store/migrate.js';
+import { topicSpecs } from '../events/topics.js';
 import { createOutput, type Output } from './output.js';
 
 export interface CliRuntime {
@@ -28,8 +29,10 @@ export function createRuntime(options: { configPath?: string; out?: Output; env?
       try {
         const ctx = await AppContext.fromConfig(cfg, { logger: quietLogger(cfg) });
         try {
-          // The embedded default is created on first use; PostgreSQL is migrated explicitly (`db migrate up`).
+          // The embedded default is created on first use; PostgreSQL and Kafka are prepared
+          // explicitly (`db migrate up`, `kafka create-topics`), as the runbook does.
           if (migrate || !cfg.database.url) await migrateUp(ctx.db);
+          if (!cfg.database.url && !cfg.kafka.brokers) await (await ctx.events()).createTopics(topicSpecs(cfg));
           return await fn(ctx);
         } finally {
           await ctx.close();
