@@ -5,6 +5,7 @@ import { CaracalError } from '../errors/catalog.js';
 import { OPERATIONS, runOperation } from '../operations.js';
 import { acceptRequestId } from '../util/ids.js';
 import { installErrorHandling } from './errors.js';
+import { baseFastifyOptions } from './fastify-defaults.js';
 
 function sameSecret(given: string, expected: string): boolean {
   const a = Buffer.from(given);
@@ -19,8 +20,7 @@ function sameSecret(given: string, expected: string): boolean {
 export async function buildAdminApp(ctx: AppContext, adminToken: string): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: ctx.logger.child({ component: 'admin' }) as FastifyBaseLogger,
-    disableRequestLogging: true,
-    genReqId: (req) => acceptRequestId(req.headers['x-request-id']),
+    ...baseFastifyOptions(),
     bodyLimit: 1024 * 1024,
   });
   installErrorHandling(app, ctx.logger);

@@ -12,6 +12,7 @@ import type { GatewayMetrics } from '../metrics/metrics.js';
 import type { Decision, DecisionInput } from '../policy/engine.js';
 import { acceptRequestId, newId } from '../util/ids.js';
 import { errorBody, installErrorHandling } from './errors.js';
+import { baseFastifyOptions } from './fastify-defaults.js';
 import { assertSafePath, resourceAndAction } from './request-target.js';
 import { mapUpstreamError } from './upstream-errors.js';
 
@@ -68,8 +69,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
 
   const app = Fastify({
     loggerInstance: deps.logger.child({ component: 'gateway' }) as FastifyBaseLogger,
-    disableRequestLogging: true,
-    genReqId: (req) => acceptRequestId(req.headers['x-request-id']),
+    ...baseFastifyOptions(),
     bodyLimit: config.gateway.bodyLimitBytes,
     // Node rejects oversize headers before Fastify sees the request; see clientErrorHandler.
     serverFactory: (handler) => http.createServer({ maxHeaderSize: config.gateway.maxHeaderBytes }, handler),
