@@ -6,6 +6,7 @@ import { issueAccessToken } from './authority/tokens.js';
 import type { AppContext } from './context.js';
 import { CaracalError } from './errors/catalog.js';
 import { appliedVersions, listMigrations } from './store/migrate.js';
+import { topicSpecs } from './events/topics.js';
 
 /**
  * Every operator action as one named, validated function over the AppContext. The CLI runs them
@@ -91,6 +92,30 @@ export const OPERATIONS = {
       if (facts.principal.status !== 'active') throw new CaracalError('CARACAL_PRINCIPAL_SUSPENDED', `principal ${principalId} is suspended`);
       return issueAccessToken(await ctx.signingKey(), ctx.tokenSettings, principalId, ttlSeconds ?? ctx.config.auth.tokenTtlSeconds);
     },
+  }),
+  'kafka.create-topics': op({
+    description: 'Create the Caracal topics (idempotent)',
+    args: z
+      .object({
+        partitions: z.coerce.number().int().min(1).max(1000).optional(),
+        replicationFactor: z.coerce.number().int().min(1).max(10).optional(),
+      })
+      .strict(),
+    run: async (ctx, { partitions, replicationFactor }) => {
+      const specs = topicSpecs(ctx.config).map((spec) => ({
+        ...spec,
+        ...(partitions !== undefined ? { partitions } : {}),
+        ...(replicationFactor !== undefined ? { replicationFactor } : {}),
+      }));
+      const events = await ctx.events();
+      await events.createTopics(specs);
+      return { backend: events.kind, topics: specs };
+    },
+  }),
+  'kafka.consumer-lag': op({
+    description: 'Committed vs end offset per partition of the Caracal topics for a consumer group',
+    args: z.object({ consumerGroup: z.string().min(1).max(255).regex(/^[A-Za-z0-9._-]+$/, 'must be letters, digits, ".", "_" or "-"') }).strict(),
+    run: async (ctx, { consumerGroup }) => (await ctx.events()).consumerLag(consumerGroup, Object.values(ctx.topics)),
   }),
   'db.health-check': op({
     description: 'Check the database: reachable, latency, migrations applied',

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { topicSpecs } from '../../events/topics.js';
+import type { PartitionLag, TopicSpec } from '../../events/event-log.js';
 import { positiveInt } from '../parse.js';
 import type { CliRuntime } from '../runtime.js';
 
@@ -13,17 +13,11 @@ export function registerKafkaCommands(program: Command, rt: () => CliRuntime): v
     .option('--replication-factor <n>', 'replication factor (default: kafka.replicationFactor)')
     .action(async (options) => {
       const runtime = rt();
-      const specs = topicSpecs(runtime.config()).map((spec) => ({
-        ...spec,
+      const { backend, topics } = await runtime.operation<{ backend: string; topics: TopicSpec[] }>('kafka.create-topics', {
         ...(options.partitions !== undefined ? { partitions: positiveInt('--partitions', options.partitions) } : {}),
         ...(options.replicationFactor !== undefined ? { replicationFactor: positiveInt('--replication-factor', options.replicationFactor) } : {}),
-      }));
-      const kind = await runtime.withContext(async (ctx) => {
-        const events = await ctx.events();
-        await events.createTopics(specs);
-        return events.kind;
       });
-      for (const spec of specs) runtime.out.line(`${spec.name}  partitions=${spec.partitions} replication=${spec.replicationFactor}  (${kind})`);
+      for (const spec of topics) runtime.out.line(`${spec.name}  partitions=${spec.partitions} replication=${spec.replicationFactor}  (${backend})`);
     });
 
   kafka
@@ -33,10 +27,7 @@ export function registerKafkaCommands(program: Command, rt: () => CliRuntime): v
     .option('--json', 'print JSON')
     .action(async (options) => {
       const runtime = rt();
-      const lag = await runtime.withContext(async (ctx) => {
-        const topics = Object.values(ctx.topics);
-        return (await ctx.events()).consumerLag(options.consumerGroup, topics);
-      });
+      const lag = await runtime.operation<PartitionLag[]>('kafka.consumer-lag', { consumerGroup: options.consumerGroup });
       if (options.json) return runtime.out.json(lag);
       runtime.out.table(lag as unknown as Record<string, unknown>[], [
         { key: 'topic', header: 'TOPIC' },

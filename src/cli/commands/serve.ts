@@ -40,10 +40,11 @@ function banner(rt: CliRuntime, running: RunningGateway, config: Readonly<Caraca
   rt.out.line(`  admin API        ${running.adminUrl}  (loopback; the CLI uses it while this runs)`);
   if (demo) {
     rt.out.line('');
-    rt.out.line('next, in another terminal (README.md has the full walkthrough):');
-    rt.out.line('  AGENT=$(npx caracal agent register --name my-agent --owner you@example.com --quiet)');
-    rt.out.line('  npx caracal policy create --agent-id $AGENT --resources "api:external/echo" --actions read --max-validity 3600');
-    rt.out.line('  TOKEN=$(npx caracal token issue --agent-id $AGENT)');
+    rt.out.line('next, in another terminal in this folder (README.md has the full walkthrough):');
+    rt.out.line('  alias caracal="node $PWD/bin/caracal.js"');
+    rt.out.line('  AGENT=$(caracal agent register --name my-agent --owner you@example.com --quiet)');
+    rt.out.line('  caracal policy create --agent-id $AGENT --resources "api:external/echo" --actions read --max-validity 3600');
+    rt.out.line('  TOKEN=$(caracal token issue --agent-id $AGENT)');
     rt.out.line(`  curl -s -H "authorization: Bearer $TOKEN" ${running.gatewayUrl}/proxy/echo/hello`);
   }
   rt.out.line('stop with Ctrl-C');
