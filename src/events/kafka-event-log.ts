@@ -1,0 +1,438 @@
+import kafkajs from 'kafkajs';
+import type { Admin, Consumer, EachBatchPayload, IHeaders, Kafka as KafkaClient, KafkaMessage, LogEntry, Producer } from 'kafkajs';
+import { CaracalError } from '../errors/catalog.js';
+import type {
+  EventLog,
+  LogMessage,
+  OutgoingMessage,
+  PartitionLag,
+  SubscribeOptions,
+  Subscription,
+  TopicSpec,
+} from './event-log.js';
+import { isValidTopicName } from './topics.js';
+
+// kafkajs is CommonJS and spreads its error classes into module.exports, which Node's ESM named
+// export detection cannot see: take everything from the default export.
+const { Kafka, Partitioners, logLevel: KafkaLogLevel } = kafkajs;
+
+export interface KafkaEventLogOptions {
+  brokers: string[];
+  clientId: string;
+  /** Caracal's log level; kafkajs logs only errors unless this is debug or trace. */
+  logLevel?: string;
+  /** Where kafkajs log lines go; default: kafkajs' own JSON lines on the console. */
+  log?: (level: 'error' | 'warn' | 'info' | 'debug', message: string, extra: Record<string, unknown>) => void;
+  connectionTimeoutMs?: number;
+  requestTimeoutMs?: number;
+  /** `max.message.bytes` set on the topics this class creates. Default 4 MiB. */
+  maxMessageBytes?: number;
+  /** One publish is sent in requests of at most about this many bytes (a record batch per partition
+   * must stay under the topic's `max.message.bytes`). Default 1 MiB. */
+  maxRequestBytes?: number;
+  /** Consumer group timing; small values make tests fast, defaults suit production. */
+  consumer?: {
+    sessionTimeoutMs?: number;
+    heartbeatIntervalMs?: number;
+    rebalanceTimeoutMs?: number;
+    maxWaitTimeMs?: number;
+  };
+  /** How long `subscribe` waits for the group join. Default 60 s. */
+  joinTimeoutMs?: number;
+  pingTimeoutMs?: number;
+  /** Backoff between attempts of a failing handler (doubling, capped). Defaults 100 / 5000. */
+  retryInitialMs?: number;
+  retryMaxMs?: number;
+  onError?: (err: unknown, context: { groupId: string; topic?: string; partition?: number; offset?: string }) => void;
+}
+
+const NON_RETRIABLE_INPUT = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_TOPIC_EXCEPTION', 'INVALID_PARTITIONS', 'INVALID_REPLICATION_FACTOR']);
+
+/** The broker error type, looking through kafkajs' retry / aggregate wrappers. */
+function kafkaErrorType(err: unknown, depth = 0): string | undefined {
+  if (!err || typeof err !== 'object' || depth > 4) return undefined;
+  const e = err as { type?: string; originalError?: unknown; cause?: unknown; errors?: unknown[] };
+  if (typeof e.type === 'string') return e.type;
+  for (const inner of [e.originalError, e.cause, ...(Array.isArray(e.errors) ? e.errors : [])]) {
+    const type = kafkaErrorType(inner, depth + 1);
+    if (type) return type;
+  }
+  return undefined;
+}
+
+function dependency(op: string, err: unknown): CaracalError {
+  if (err instanceof CaracalError) return err;
+  const message = `kafka ${op}: ${(err as Error)?.message ?? String(err)}`;
+  const type = kafkaErrorType(err);
+  if (type && NON_RETRIABLE_INPUT.has(type)) return new CaracalError('CARACAL_VALIDATION', message, { cause: err });
+  return new CaracalError('CARACAL_DEPENDENCY', message, { cause: err, retriable: true });
+}
+
+function kafkaLogLevel(level: string | undefined): number {
+  switch (level) {
+    case 'silent':
+      return KafkaLogLevel.NOTHING;
+    case 'trace':
+      return KafkaLogLevel.DEBUG;
+    case 'debug':
+      return KafkaLogLevel.INFO;
+    default:
+      return KafkaLogLevel.ERROR;
+  }
+}
+
+function headersOf(headers: IHeaders | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, raw] of Object.entries(headers ?? {})) {
+    if (raw === undefined) continue;
+    // Kafka allows repeated header names; the port's messages cannot produce them, keep the last.
+    const value = Array.isArray(raw) ? raw[raw.length - 1] : raw;
+    out[name] = value === undefined ? '' : Buffer.isBuffer(value) ? value.toString('utf8') : String(value);
+  }
+  return out;
+}
+
+function toLogMessage(topic: string, partition: number, raw: KafkaMessage): LogMessage {
+  return {
+    topic,
+    partition,
+    offset: raw.offset,
+    key: raw.key === null || raw.key === undefined ? null : raw.key.toString('utf8'),
+    value: raw.value === null ? '' : raw.value.toString('utf8'),
+    headers: headersOf(raw.headers),
+    timestamp: Number(raw.timestamp),
+  };
+}
+
+function approximateBytes(message: OutgoingMessage): number {
+  let bytes = 64 + Buffer.byteLength(message.key) + Buffer.byteLength(message.value);
+  for (const [name, value] of Object.entries(message.headers ?? {})) bytes += 8 + Buffer.byteLength(name) + Buffer.byteLength(value);
+  return bytes;
+}
+
+function sleep(ms: number, interrupt: Promise<void>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([new Promise<void>((resolve) => (timer = setTimeout(resolve, ms))), interrupt]).finally(() => clearTimeout(timer));
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * `EventLog` on Apache Kafka through kafkajs. One producer (acks=all, one request in flight per
+ * broker so retries keep order; not kafkajs' experimental idempotent mode — a retried send can
+ * duplicate, consumers are idempotent on the event id), one admin client, and one consumer per
+ * subscription with manual commits: an offset is committed only after the handler resolved.
+ */
+export class KafkaEventLog implements EventLog {
+  readonly kind = 'kafka' as const;
+  private readonly kafka: KafkaClient;
+  private readonly producer: Producer;
+  private readonly admin: Admin;
+  private readonly knownTopics = new Set<string>();
+  private readonly subscriptions = new Set<KafkaSubscription>();
+  private readonly maxMessageBytes: number;
+  private readonly maxRequestBytes: number;
+
+  private constructor(private readonly options: KafkaEventLogOptions) {
+    const sink = options.log;
+    this.kafka = new Kafka({
+      clientId: options.clientId,
+      brokers: options.brokers,
+      connectionTimeout: options.connectionTimeoutMs ?? 3_000,
+      requestTimeout: options.requestTimeoutMs ?? 30_000,
+      retry: { initialRetryTime: 100, maxRetryTime: 2_000, retries: 5 },
+      logLevel: kafkaLogLevel(options.logLevel),
+      ...(sink
+        ? {
+            logCreator: () => (entry: LogEntry) => {
+              const { message, ...extra } = entry.log;
+              const level = entry.level <= KafkaLogLevel.ERROR ? 'error' : entry.level === KafkaLogLevel.WARN ? 'warn' : entry.level === KafkaLogLevel.INFO ? 'info' : 'debug';
+              sink(level, `[${entry.namespace}] ${message}`, extra);
+            },
+          }
+        : {}),
+    });
+    this.maxMessageBytes = options.maxMessageBytes ?? 4 * 1024 * 1024;
+    this.maxRequestBytes = options.maxRequestBytes ?? 1024 * 1024;
+    // Passing the partitioner explicitly also silences kafkajs' "default partitioner changed" warning.
+    this.producer = this.kafka.producer({
+      allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
+      maxInFlightRequests: 1,
+      idempotent: false,
+    });
+    this.admin = this.kafka.admin();
+  }
+
+  /** Connects the producer and the admin client; an unreachable broker → CARACAL_DEPENDENCY. */
+  static async connect(options: KafkaEventLogOptions): Promise<KafkaEventLog> {
+    const log = new KafkaEventLog(options);
+    try {
+      await Promise.all([log.producer.connect(), log.admin.connect()]);
+    } catch (err) {
+      await log.close().catch(() => {});
+      throw dependency('connect', err);
+    }
+    return log;
+  }
+
+  async createTopics(topics: TopicSpec[]): Promise<void> {
+    for (const spec of topics) {
+      if (!isValidTopicName(spec.name)) throw new CaracalError('CARACAL_VALIDATION', `invalid topic name "${spec.name}"`);
+    }
+    try {
+      const existing = new Set(await this.admin.listTopics());
+      const missing = topics.filter((spec) => !existing.has(spec.name));
+      if (missing.length > 0) {
+        // Only missing topics are requested: with a mix, kafkajs reports TOPIC_ALREADY_EXISTS for
+        // the whole call and skips waiting for the new topics' leaders.
+        await this.admin.createTopics({
+          waitForLeaders: true,
+          timeout: 30_000,
+          topics: missing.map((spec) => ({
+            topic: spec.name,
+            numPartitions: spec.partitions,
+            replicationFactor: spec.replicationFactor,
+            configEntries: [{ name: 'max.message.bytes', value: String(this.maxMessageBytes) }],
+          })),
+        });
+      }
+      // Covers a concurrent creator too (our call then returned false without waiting).
+      await this.waitForLeaders(topics.map((spec) => spec.name));
+    } catch (err) {
+      throw dependency('createTopics', err);
+    }
+    for (const spec of topics) this.knownTopics.add(spec.name);
+  }
+
+  private async waitForLeaders(topics: string[], timeoutMs = 30_000): Promise<void> {
+    if (topics.length === 0) return;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const { topics: metadata } = await this.admin.fetchTopicMetadata({ topics });
+      const ready = metadata.every((topic) => topic.partitions.length > 0 && topic.partitions.every((p) => p.leader >= 0));
+      if (ready) return;
+      if (Date.now() > deadline) throw new Error(`topic leaders not elected within ${timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  async listTopics(): Promise<string[]> {
+    try {
+      const topics = (await this.admin.listTopics()).filter((name) => !name.startsWith('__'));
+      for (const topic of topics) this.knownTopics.add(topic);
+      return topics.sort();
+    } catch (err) {
+      throw dependency('listTopics', err);
+    }
+  }
+
+  /** Unknown topics are a caller error (we never auto-create), reported before any retry loop. */
+  private async requireTopics(topics: string[]): Promise<void> {
+    if (topics.every((topic) => this.knownTopics.has(topic))) return;
+    const existing = new Set(await this.listTopics());
+    const unknown = topics.filter((topic) => !existing.has(topic));
+    if (unknown.length > 0) throw new CaracalError('CARACAL_VALIDATION', `unknown topic ${unknown.map((t) => `"${t}"`).join(', ')}`);
+  }
+
+  async publish(topic: string, messages: OutgoingMessage[]): Promise<void> {
+    if (!Array.isArray(messages)) throw new CaracalError('CARACAL_VALIDATION', 'messages must be an array');
+    for (const [index, message] of messages.entries()) {
+      if (typeof message?.key !== 'string' || typeof message.value !== 'string') {
+        throw new CaracalError('CARACAL_VALIDATION', `message ${index} for topic "${topic}": key and value must be strings`);
+      }
+      if (approximateBytes(message) > this.maxMessageBytes) {
+        throw new CaracalError('CARACAL_VALIDATION', `message ${index} for topic "${topic}" is larger than ${this.maxMessageBytes} bytes`);
+      }
+    }
+    await this.requireTopics([topic]);
+    // Sequential requests of bounded size; one request in flight keeps the order of a key.
+    let chunk: OutgoingMessage[] = [];
+    let chunkBytes = 0;
+    const flush = async () => {
+      if (chunk.length === 0) return;
+      const messagesToSend = chunk.map((m) => ({ key: m.key, value: m.value, headers: m.headers ?? {} }));
+      chunk = [];
+      chunkBytes = 0;
+      try {
+        await this.producer.send({ topic, acks: -1, messages: messagesToSend });
+      } catch (err) {
+        throw dependency('publish', err);
+      }
+    };
+    for (const message of messages) {
+      const bytes = approximateBytes(message);
+      if (chunk.length > 0 && chunkBytes + bytes > this.maxRequestBytes) await flush();
+      chunk.push(message);
+      chunkBytes += bytes;
+    }
+    await flush();
+  }
+
+  async subscribe(options: SubscribeOptions): Promise<Subscription> {
+    if (typeof options.groupId !== 'string' || options.groupId.length === 0) {
+      throw new CaracalError('CARACAL_VALIDATION', 'groupId must be a non-empty string');
+    }
+    if (!Array.isArray(options.topics) || options.topics.length === 0) {
+      throw new CaracalError('CARACAL_VALIDATION', 'subscribe needs at least one topic');
+    }
+    await this.requireTopics(options.topics);
+    const tuning = this.options.consumer ?? {};
+    const consumer = this.kafka.consumer({
+      groupId: options.groupId,
+      allowAutoTopicCreation: false,
+      sessionTimeout: tuning.sessionTimeoutMs ?? 30_000,
+      heartbeatInterval: tuning.heartbeatIntervalMs ?? 3_000,
+      rebalanceTimeout: tuning.rebalanceTimeoutMs ?? 60_000,
+      maxWaitTimeInMs: tuning.maxWaitTimeMs ?? 500,
+    });
+    const subscription = new KafkaSubscription(consumer, options, {
+      retryInitialMs: this.options.retryInitialMs ?? 100,
+      retryMaxMs: this.options.retryMaxMs ?? 5_000,
+      onError: this.options.onError ?? (() => {}),
+    }, () => this.subscriptions.delete(subscription));
+    this.subscriptions.add(subscription);
+    try {
+      await subscription.start(this.options.joinTimeoutMs ?? 60_000);
+    } catch (err) {
+      await subscription.stop().catch(() => {});
+      throw dependency('subscribe', err);
+    }
+    return subscription;
+  }
+
+  async consumerLag(groupId: string, topics: string[]): Promise<PartitionLag[]> {
+    await this.requireTopics(topics);
+    try {
+      const committed = await this.admin.fetchOffsets({ groupId, topics });
+      const result: PartitionLag[] = [];
+      for (const topic of topics) {
+        const byPartition = new Map((committed.find((entry) => entry.topic === topic)?.partitions ?? []).map((p) => [p.partition, p.offset]));
+        const ends = (await this.admin.fetchTopicOffsets(topic)).sort((a, b) => a.partition - b.partition);
+        for (const end of ends) {
+          const raw = byPartition.get(end.partition);
+          // kafkajs reports "-1" for a partition the group never committed.
+          const committedOffset = raw === undefined || BigInt(raw) < 0n ? null : raw;
+          const from = BigInt(committedOffset ?? end.low);
+          result.push({ topic, partition: end.partition, committed: committedOffset, end: end.high, lag: Number(BigInt(end.high) - from) });
+        }
+      }
+      return result;
+    } catch (err) {
+      throw dependency('consumerLag', err);
+    }
+  }
+
+  async ping(): Promise<void> {
+    try {
+      await withTimeout(this.admin.describeCluster(), this.options.pingTimeoutMs ?? 3_000, 'describeCluster');
+    } catch (err) {
+      throw dependency('ping', err);
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.subscriptions].map((subscription) => subscription.stop().catch(() => {})));
+    await Promise.all([this.producer.disconnect().catch(() => {}), this.admin.disconnect().catch(() => {})]);
+  }
+}
+
+interface HandlerRetry {
+  retryInitialMs: number;
+  retryMaxMs: number;
+  onError: NonNullable<KafkaEventLogOptions['onError']>;
+}
+
+class KafkaSubscription implements Subscription {
+  private stopping?: Promise<void>;
+  private resolveStop!: () => void;
+  private readonly stopSignal = new Promise<void>((resolve) => (this.resolveStop = resolve));
+
+  constructor(
+    private readonly consumer: Consumer,
+    private readonly subscription: SubscribeOptions,
+    private readonly retry: HandlerRetry,
+    private readonly onStopped: () => void,
+  ) {}
+
+  /** Connects, subscribes, starts the run loop and resolves once the group has been joined. */
+  async start(joinTimeoutMs: number): Promise<void> {
+    const { consumer } = this;
+    let removeJoin = () => {};
+    let removeCrash = () => {};
+    const joined = new Promise<void>((resolve, reject) => {
+      removeJoin = consumer.on(consumer.events.GROUP_JOIN, () => resolve());
+      removeCrash = consumer.on(consumer.events.CRASH, (event) => reject(event.payload.error));
+    });
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topics: this.subscription.topics, fromBeginning: this.subscription.fromBeginning ?? true });
+      await consumer.run({
+        autoCommit: false,
+        eachBatchAutoResolve: false,
+        eachBatch: (payload) => this.eachBatch(payload),
+      });
+      await withTimeout(joined, joinTimeoutMs, 'consumer group join');
+    } finally {
+      removeJoin();
+      removeCrash();
+    }
+  }
+
+  private backoff(attempt: number): number {
+    return Math.min(this.retry.retryMaxMs, this.retry.retryInitialMs * 2 ** Math.min(attempt - 1, 20));
+  }
+
+  /**
+   * Messages of one partition, in order. A failing handler is retried in place with backoff (the
+   * same message again, nothing after it); its offset is resolved and committed (offset + 1) only
+   * once it succeeded. Leaving early (stop, rebalance) leaves the offset uncommitted, so the message
+   * is delivered again — to this group's next owner of the partition.
+   */
+  private async eachBatch({ batch, resolveOffset, heartbeat, isRunning, isStale, commitOffsetsIfNecessary }: EachBatchPayload): Promise<void> {
+    const active = () => isRunning() && !isStale() && !this.stopping;
+    for (const raw of batch.messages) {
+      if (!active()) return;
+      const message = toLogMessage(batch.topic, batch.partition, raw);
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.subscription.handler(message);
+          break;
+        } catch (err) {
+          this.retry.onError(err, { groupId: this.subscription.groupId, topic: message.topic, partition: message.partition, offset: message.offset });
+          if (!active()) return;
+          await sleep(this.backoff(attempt), this.stopSignal);
+          if (!active()) return;
+          await heartbeat();
+        }
+      }
+      resolveOffset(raw.offset);
+      // The payload's commit goes straight to the group coordinator; consumer.commitOffsets() is a
+      // silent no-op once stop() began, which would lose the in-flight message's commit.
+      await commitOffsetsIfNecessary({
+        topics: [{ topic: batch.topic, partitions: [{ partition: batch.partition, offset: (BigInt(raw.offset) + 1n).toString() }] }],
+      });
+      await heartbeat();
+    }
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.resolveStop();
+      // disconnect() stops the runner, which waits for the in-flight batch (handler + commit),
+      // then leaves the group.
+      try {
+        await this.consumer.disconnect();
+      } finally {
+        this.onStopped();
+      }
+    })();
+    return this.stopping;
+  }
+}
