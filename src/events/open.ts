@@ -23,5 +23,11 @@ export async function openEventLog(config: Pick<CaracalConfig, 'kafka' | 'logLev
       ...(hooks.onError ? { onError: hooks.onError } : {}),
     });
   }
-  return new LocalEventLog(db, hooks.onError ? { onError: hooks.onError } : {});
+  // PGlite belongs to one process, so every append is in-process and wakes subscribers at once;
+  // polling is only a backstop there (each empty poll costs ~0.5 ms of PGlite CPU per partition).
+  // On PostgreSQL other processes append too, so subscribers poll often.
+  return new LocalEventLog(db, {
+    pollIntervalMs: db.kind === 'pglite' ? 1_000 : 40,
+    ...(hooks.onError ? { onError: hooks.onError } : {}),
+  });
 }
