@@ -125,9 +125,62 @@ deny_reasons contains "scope_action" if {
 
 # Glob with "/" as the only delimiter: `*` stays within one segment, `**` crosses segments.
 # Patterns are anchored: "api:external/echo" does not match "api:external/echo2".
+#
+# glob.match compiles its pattern on every call (about 6 µs of a 12 µs evaluation in WASM), so the
+# three forms almost every policy uses are matched with string builtins; they mean exactly what
+# glob.match means (authz_test.rego checks the two against each other). Anything else falls back.
 resource_matches(pattern, resource) if {
 	is_string(pattern)
+	literal(pattern)
+	pattern == resource
+}
+
+# "prefix/*": one more segment, possibly empty.
+resource_matches(pattern, resource) if {
+	is_string(pattern)
+	endswith(pattern, "/*")
+	prefix := substring(pattern, 0, count(pattern) - 1)
+	literal(prefix)
+	startswith(resource, prefix)
+	not contains(substring(resource, count(prefix), -1), "/")
+}
+
+# "prefix/**": anything below prefix/.
+resource_matches(pattern, resource) if {
+	is_string(pattern)
+	endswith(pattern, "/**")
+	prefix := substring(pattern, 0, count(pattern) - 2)
+	literal(prefix)
+	startswith(resource, prefix)
+}
+
+resource_matches(pattern, resource) if {
+	is_string(pattern)
+	not fast_form(pattern)
 	glob.match(pattern, ["/"], resource)
+}
+
+fast_form(pattern) if literal(pattern)
+
+fast_form(pattern) if {
+	endswith(pattern, "/*")
+	literal(substring(pattern, 0, count(pattern) - 1))
+}
+
+fast_form(pattern) if {
+	endswith(pattern, "/**")
+	literal(substring(pattern, 0, count(pattern) - 2))
+}
+
+# No glob metacharacter at all: * ? [ ] { } and the escape \.
+literal(s) if {
+	not contains(s, "*")
+	not contains(s, "?")
+	not contains(s, "[")
+	not contains(s, "]")
+	not contains(s, "{")
+	not contains(s, "}")
+	not contains(s, "\\")
 }
 
 # A policy action "*" grants every action.

@@ -218,3 +218,41 @@ fixture_agrees(d, expected) if {
 	d.reasons == expected.reasons
 	d.policy_ids == object.get(expected, "policy_ids", d.policy_ids)
 }
+
+# --- the string fast path of resource_matches means exactly what glob.match means --------------
+
+glob_patterns := [
+	"api:external/*", "api:external/**", "api:external/echo", "api:external/", "/*", "api:*/echo",
+	"api:external/e*", "api:external/*/x", "api:external/a\\*", "api:external/{a,b}", "*", "**",
+	"api:external/[a-z]*", "api:ext?rnal/echo", "mcp:github/**", "api:external/**/x",
+]
+
+glob_resources := [
+	"api:external/echo", "api:external/echo2", "api:external/", "api:external", "api:external/a/b",
+	"api:external/a", "api:external/b", "api:external/a*", "api:external/*", "mcp:github/repo/x",
+	"api:externalx/echo", "/abc", "/a/b", "", "api:external/a/x", "api:external/e",
+]
+
+# Total, so a pair that only glob.match matches still shows up as a disagreement.
+matches(p, r) := true if authz.resource_matches(p, r)
+
+matches(p, r) := false if not authz.resource_matches(p, r)
+
+test_fast_path_agrees_with_glob_match if {
+	disagreements := [[p, r] |
+		some p in glob_patterns
+		some r in glob_resources
+		fast := matches(p, r)
+		slow := glob.match(p, ["/"], r)
+		fast != slow
+	]
+	disagreements == []
+}
+
+test_fast_path_is_taken_for_common_forms if {
+	authz.fast_form("api:external/echo")
+	authz.fast_form("api:external/*")
+	authz.fast_form("mcp:github/**")
+	not authz.fast_form("api:*/echo")
+	not authz.fast_form("api:external/a\\*")
+}
