@@ -5,6 +5,9 @@
  * hits both; medians are reported with the ratio b/a. With KAFKA_BROKERS/DATABASE_URL/REDIS_URL set,
  * (b) also runs on Kafka + PostgreSQL + Redis.
  *
+ * Peers c and d break the cost down (BENCH_BREAKDOWN=0 skips them): c discards decision events
+ * through a bench-only EventLog, d also replaces the WASM engine by an allow-all stub.
+ *
  * Env: BENCH_SECONDS (default 8), BENCH_ROUNDS (3), BENCH_CONNECTIONS (50).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -87,6 +90,11 @@ const peers: { name: string; started: Started }[] = [
   { name: 'a  bare @fastify/http-proxy', started: await start(['bare', upstream.info.url], embeddedEnv) },
   { name: 'b  caracal gateway (embedded: PGlite + local log)', started: await start(['gateway', upstream.info.url], embeddedEnv) },
 ];
+if (process.env.BENCH_BREAKDOWN !== '0') {
+  // Where the cost goes: the same gateway without durable recording, then also without WASM.
+  peers.push({ name: 'c  gateway, decision events discarded', started: await start(['gateway', upstream.info.url, '--discard-events'], embeddedEnv) });
+  peers.push({ name: 'd  gateway, events discarded, allow-all (no WASM)', started: await start(['gateway', upstream.info.url, '--discard-events', '--allow-all'], embeddedEnv) });
+}
 if (process.env.KAFKA_BROKERS && process.env.DATABASE_URL) {
   const env = { ...process.env, CARACAL_DB_SCHEMA: `bench_${Date.now()}`, CARACAL_TOPIC_PREFIX: `bench${Date.now()}.` };
   peers.push({ name: 'b\' caracal gateway (PostgreSQL + Kafka + Redis)', started: await start(['gateway', upstream.info.url], env) });

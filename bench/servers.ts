@@ -14,8 +14,10 @@ import { issueAccessToken } from '../src/authority/tokens.js';
 import { loadConfig } from '../src/config/load.js';
 import { startGateway } from '../src/gateway/server.js';
 import { runOperation } from '../src/operations.js';
+import type { PolicyEvaluator } from '../src/gateway/app.js';
+import { DiscardingEventLog } from './null-event-log.js';
 
-const [role, upstreamUrl] = process.argv.slice(2);
+const [role, upstreamUrl, ...flags] = process.argv.slice(2);
 const ready = (value: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(value)}\n`);
 const onTerm = (fn: () => Promise<unknown>) => process.once('SIGTERM', () => void fn().finally(() => process.exit(0)));
 
@@ -44,13 +46,20 @@ if (role === 'upstream') {
     cwd: home,
     overrides: { gateway: { upstreams: [{ name: 'echo', url: upstreamUrl! }] } },
   });
-  const running = await startGateway(config);
+  // Cost breakdown peers: --discard-events (no durable decision record), --allow-all (no WASM).
+  const allowAll: PolicyEvaluator = { revision: 'allow-all', evaluate: () => ({ allow: true, reasons: [], policyIds: [], outcome: 'result' }) };
+  const running = await startGateway(config, {
+    overrides: {
+      ...(flags.includes('--discard-events') ? { events: new DiscardingEventLog() } : {}),
+      ...(flags.includes('--allow-all') ? { engine: allowAll } : {}),
+    },
+  });
   const agent = (await runOperation(running.ctx, 'agent.register', { name: 'bench-agent', owner: 'bench@example.com' })) as { id: string };
   await runOperation(running.ctx, 'policy.create', { principalId: agent.id, resources: ['api:external/*'], actions: ['read', 'write'], maxValiditySeconds: 3600 });
   const { token } = await issueAccessToken(await running.ctx.signingKey(), running.ctx.tokenSettings, agent.id, 3600);
   ready({ url: running.gatewayUrl, token, backends: { db: running.ctx.db.kind, events: (await running.ctx.events()).kind } });
   onTerm(() => running.close());
 } else {
-  process.stderr.write('usage: servers.js upstream | bare <url> | gateway <url>\n');
+  process.stderr.write('usage: servers.js upstream | bare <url> | gateway <url> [--discard-events] [--allow-all]\n');
   process.exit(2);
 }

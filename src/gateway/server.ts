@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { AuthorityFacts } from '../authority/facts.js';
 import { TokenVerifier, VerifiedTokenCache } from '../authority/tokens.js';
 import type { CaracalConfig } from '../config/schema.js';
-import { AppContext } from '../context.js';
+import { AppContext, type ContextOverrides } from '../context.js';
 import { parseEvent, type LifecycleData } from '../events/cloudevents.js';
 import type { Subscription } from '../events/event-log.js';
 import { topicSpecs } from '../events/topics.js';
@@ -29,7 +29,14 @@ export interface AssembledGateway {
  * Everything the agent-facing app needs, wired from a context, without listening: `startGateway`
  * listens on it, tests `inject()` into it.
  */
-export async function assembleGateway(ctx: AppContext, options: { prepare?: boolean; metrics?: GatewayMetrics } = {}): Promise<AssembledGateway> {
+export interface AssembleOptions {
+  prepare?: boolean;
+  metrics?: GatewayMetrics;
+  /** Replaces the WASM engine (tests of the outcome mapping, the benchmark's cost breakdown). */
+  engine?: PolicyEvaluator;
+}
+
+export async function assembleGateway(ctx: AppContext, options: AssembleOptions = {}): Promise<AssembledGateway> {
   const { config } = ctx;
   const log = ctx.logger.child({ component: 'gateway' });
   const events = await ctx.events();
@@ -37,7 +44,7 @@ export async function assembleGateway(ctx: AppContext, options: { prepare?: bool
     await migrateUp(ctx.db);
     await events.createTopics(topicSpecs(config));
   }
-  const engine = { current: await PolicyEngine.fromBundleFile(config.policy.bundlePath ?? DEFAULT_BUNDLE) as PolicyEvaluator };
+  const engine = { current: options.engine ?? ((await PolicyEngine.fromBundleFile(config.policy.bundlePath ?? DEFAULT_BUNDLE)) as PolicyEvaluator) };
   const metrics = options.metrics ?? new GatewayMetrics();
   metrics.bundleInfo.set({ revision: engine.current.revision }, 1);
   const key = await ctx.signingKey();
@@ -103,6 +110,8 @@ export interface StartGatewayOptions {
   adminToken?: string;
   /** Apply pending migrations and create topics first (default true). */
   prepare?: boolean;
+  /** Replacements for the context's ports and the engine (tests, benchmarks). */
+  overrides?: ContextOverrides & { engine?: PolicyEvaluator };
 }
 
 function urlOf(app: FastifyInstance): string {
@@ -113,7 +122,7 @@ function urlOf(app: FastifyInstance): string {
 
 export async function startGateway(config: Readonly<CaracalConfig>, options: StartGatewayOptions = {}): Promise<RunningGateway> {
   const lock = config.database.url ? null : HomeLock.acquire(config.home);
-  const ctx = await AppContext.fromConfig(config).catch((err) => {
+  const ctx = await AppContext.fromConfig(config, options.overrides ?? {}).catch((err) => {
     lock?.release();
     throw err;
   });
@@ -127,7 +136,10 @@ export async function startGateway(config: Readonly<CaracalConfig>, options: Sta
     lock?.release();
   };
   try {
-    assembled = await assembleGateway(ctx, { prepare: options.prepare });
+    assembled = await assembleGateway(ctx, {
+      ...(options.prepare !== undefined ? { prepare: options.prepare } : {}),
+      ...(options.overrides?.engine ? { engine: options.overrides.engine } : {}),
+    });
     const { gateway, metrics } = assembled;
     await gateway.app.listen({ host: config.gateway.host, port: config.gateway.port });
     listening.push(gateway.app);
