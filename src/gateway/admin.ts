@@ -3,7 +3,6 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { AppContext } from '../context.js';
 import { CaracalError } from '../errors/catalog.js';
 import { OPERATIONS, runOperation } from '../operations.js';
-import { acceptRequestId } from '../util/ids.js';
 import { installErrorHandling } from './errors.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
 

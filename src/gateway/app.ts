@@ -10,7 +10,7 @@ import { TokenRejected, type TokenVerifier, type VerifiedToken, type VerifiedTok
 import type { Logger } from '../logging/logger.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
 import type { Decision, DecisionInput } from '../policy/engine.js';
-import { acceptRequestId, newId } from '../util/ids.js';
+import { newId } from '../util/ids.js';
 import { errorBody, installErrorHandling } from './errors.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
 import { assertSafePath, resourceAndAction } from './request-target.js';

@@ -3,6 +3,7 @@ import { CaracalError } from '../../src/errors/catalog.js';
 import type { EventLog, LogMessage, OutgoingMessage, Subscription } from '../../src/events/event-log.js';
 import { partitionFor } from '../../src/events/local-event-log.js';
 import { randomName } from '../helpers/services.js';
+import { sleep, waitUntil } from '../helpers/fixtures.js';
 
 /**
  * The `EventLog` contract (src/events/event-log.ts), run against every implementation by
@@ -15,15 +16,6 @@ export interface EventLogHarness {
   close(): Promise<void>;
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitUntil(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 interface Collector {
   messages: LogMessage[];

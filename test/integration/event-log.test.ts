@@ -14,16 +14,8 @@ import { PgDb } from '../../src/store/pg-db.js';
 import { PgliteDb } from '../../src/store/pglite-db.js';
 import { randomName, requireServices } from '../helpers/services.js';
 import { eventLogContract } from './event-log.contract.js';
+import { sleep, waitUntil } from '../helpers/fixtures.js';
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitUntil(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 /** A PostgreSQL schema of its own, migrated; dropped by `drop()`. */
 async function openPgSchema(url: string, schema = randomName('evlog')): Promise<PgDb & { drop(): Promise<void> }> {

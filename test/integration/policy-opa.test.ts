@@ -10,23 +10,11 @@ import { buildBundle, gitRevision, readBundle } from '../../src/policy/bundle.js
 import { type Decision, type DecisionInput, PolicyEngine } from '../../src/policy/engine.js';
 import { DEFAULT_BUNDLE, POLICIES_DIR } from '../../src/paths.js';
 import { randomName, requireServices } from '../helpers/services.js';
+import { loadFixtures, validInput } from '../helpers/fixtures.js';
 
 const execFileAsync = promisify(execFile);
 
-interface Fixture {
-  name: string;
-  input: unknown;
-  expected: { allow: boolean; reasons: string[]; policy_ids?: string[] };
-}
-
-const fixtures = JSON.parse(await readFile(path.join(POLICIES_DIR, 'fixtures', 'decisions.json'), 'utf8')) as Fixture[];
-
-const validInput: DecisionInput = {
-  principal: { id: 'agent-1', status: 'active', kind: 'agent' },
-  policies: [{ id: 'p-ext', resources: ['api:external/*'], actions: ['read'] }],
-  request: { upstream: 'echo', method: 'GET', path: '/v1', resource: 'api:external/echo', action: 'read' },
-  now: 1767225600,
-};
+const fixtures = await loadFixtures();
 
 /** `opa eval` of the source, the reference interpreter the WASM must agree with. */
 async function opaEval(opaBin: string, inputFile: string): Promise<{ allow: boolean; reasons: string[]; policy_ids: string[] }> {

@@ -14,22 +14,10 @@ import {
   PolicyEngine,
   type WasmPolicy,
 } from '../../src/policy/engine.js';
-import { DEFAULT_BUNDLE, POLICIES_DIR } from '../../src/paths.js';
+import { DEFAULT_BUNDLE } from '../../src/paths.js';
+import { loadFixtures, validInput } from '../helpers/fixtures.js';
 
-interface Fixture {
-  name: string;
-  input: unknown;
-  expected: { allow: boolean; reasons: string[]; policy_ids?: string[] };
-}
-
-const fixtures = JSON.parse(await readFile(path.join(POLICIES_DIR, 'fixtures', 'decisions.json'), 'utf8')) as Fixture[];
-
-const validInput: DecisionInput = {
-  principal: { id: 'agent-1', status: 'active', kind: 'agent' },
-  policies: [{ id: 'p-ext', resources: ['api:external/*'], actions: ['read'] }],
-  request: { upstream: 'echo', method: 'GET', path: '/v1', resource: 'api:external/echo', action: 'read' },
-  now: 1767225600,
-};
+const fixtures = await loadFixtures();
 
 // --- a minimal ustar writer, to build hostile archives --------------------------------------------
 

@@ -1,0 +1,34 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { POLICIES_DIR } from '../../src/paths.js';
+import type { DecisionInput } from '../../src/policy/engine.js';
+
+/** policies/fixtures/decisions.json: input → expected decision, shared by the WASM and opa eval tests. */
+export interface Fixture {
+  name: string;
+  input: unknown;
+  expected: { allow: boolean; reasons: string[]; policy_ids?: string[] };
+}
+
+export async function loadFixtures(): Promise<Fixture[]> {
+  return JSON.parse(await readFile(path.join(POLICIES_DIR, 'fixtures', 'decisions.json'), 'utf8')) as Fixture[];
+}
+
+/** A well-formed input the policy allows. */
+export const validInput: DecisionInput = {
+  principal: { id: 'agent-1', status: 'active', kind: 'agent' },
+  policies: [{ id: 'p-ext', resources: ['api:external/*'], actions: ['read'] }],
+  request: { upstream: 'echo', method: 'GET', path: '/v1', resource: 'api:external/echo', action: 'read' },
+  now: 1767225600,
+};
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls `condition` every 20 ms until it holds, or fails naming `what` after `timeoutMs`. */
+export async function waitUntil(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
