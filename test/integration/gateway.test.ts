@@ -181,6 +181,18 @@ describe('gateway on the embedded default (PGlite, local log, in-process cache)'
     expect((await waitFor(200)).statusCode).toBe(200);
   });
 
+  it('ignores malformed lifecycle events and keeps deciding', async () => {
+    const events = await h.ctx.events();
+    await events.publish(h.ctx.topics.lifecycle, [
+      { key: agent, value: 'not json' },
+      { key: agent, value: JSON.stringify({ specversion: '1.0', id: 'x', type: 'dev.caracal.agent.lifecycle.v1', source: 's', time: 'yesterday', datacontenttype: 'application/json', data: {} }) },
+      { key: agent, value: JSON.stringify({ specversion: '1.0', id: 'y', type: 'evil.type', source: 's', time: new Date().toISOString(), datacontenttype: 'application/json', data: { principal_id: agent } }) },
+    ]);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect((await call('GET', '/proxy/echo/x', { authorization: `Bearer ${token}` })).statusCode).toBe(200);
+    expect((await call('POST', '/proxy/echo/x', { authorization: `Bearer ${token}` })).statusCode).toBe(403);
+  });
+
   it('refuses oversize request headers with 431 on a real socket', async () => {
     const { app } = h.assembled.gateway;
     if (!app.server.listening) await app.listen({ host: '127.0.0.1', port: 0 });
