@@ -13,7 +13,7 @@ import Fastify from 'fastify';
 import { issueAccessToken } from '../src/authority/tokens.js';
 import { loadConfig } from '../src/config/load.js';
 import { startGateway } from '../src/gateway/server.js';
-import { runOperation } from '../src/operations.js';
+import { runOperation } from '../src/operations/index.js';
 import type { PolicyEvaluator } from '../src/gateway/app.js';
 import { DiscardingEventLog } from './null-event-log.js';
 

@@ -3,7 +3,7 @@ import type { CaracalConfig } from '../config/schema.js';
 import { AppContext } from '../context.js';
 import { pino } from 'pino';
 import { CaracalError, ERROR_CATALOG, type ErrorCode } from '../errors/catalog.js';
-import { runOperation, type OperationName } from '../operations.js';
+import { runOperation, type OperationName } from '../operations/index.js';
 import { HomeLock, readRuntime } from '../store/home.js';
 import { migrateUp } from '../store/migrate.js';
 import { topicSpecs } from '../events/topics.js';

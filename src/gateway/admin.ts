@@ -2,7 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { AppContext } from '../context.js';
 import { CaracalError } from '../errors/catalog.js';
-import { OPERATIONS, runOperation } from '../operations.js';
+import { OPERATIONS, runOperation } from '../operations/index.js';
 import { installErrorHandling } from './errors.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
 

@@ -1,4 +1,3 @@
-import http from 'node:http';
 import proxy from '@fastify/http-proxy';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { CaracalConfig, UpstreamConfig } from '../config/schema.js';
@@ -6,7 +5,9 @@ import { CaracalError } from '../errors/catalog.js';
 import { buildEvent, EVENT_TYPES, type DecisionData } from '../events/cloudevents.js';
 import type { EventPublisher } from '../events/publisher.js';
 import type { AuthorityFacts } from '../authority/facts.js';
-import { TokenRejected, type TokenVerifier, type VerifiedToken, type VerifiedTokenCache } from '../authority/tokens.js';
+import { TokenRejected } from '../authority/tokens.js';
+import type { Authenticator, AuthResult } from './authenticate.js';
+import { clientErrorHandler, gatewayServerFactory } from './listener.js';
 import type { Logger } from '../logging/logger.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
 import type { Decision, DecisionInput } from '../policy/engine.js';
@@ -32,8 +33,7 @@ export interface GatewayDeps {
   /** Holder so a new bundle can be swapped in atomically: each request reads `current` once. */
   engine: { current: PolicyEvaluator };
   facts: AuthorityFacts;
-  verifier: TokenVerifier;
-  tokenCache: VerifiedTokenCache;
+  authenticator: Authenticator;
   publisher: EventPublisher;
   decisionsTopic: string;
   metrics: GatewayMetrics;
@@ -55,8 +55,6 @@ declare module 'fastify' {
   }
 }
 
-const BEARER = /^Bearer ([^\s]+)$/i;
-
 export interface GatewayApp {
   app: FastifyInstance;
   /** Stop admitting requests (503) while in-flight ones drain. */
@@ -71,17 +69,8 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
     loggerInstance: deps.logger.child({ component: 'gateway' }) as FastifyBaseLogger,
     ...baseFastifyOptions(),
     bodyLimit: config.gateway.bodyLimitBytes,
-    // Node rejects oversize headers before Fastify sees the request; see clientErrorHandler.
-    serverFactory: (handler) => http.createServer({ maxHeaderSize: config.gateway.maxHeaderBytes }, handler),
-    clientErrorHandler: (err, socket) => {
-      const code = (err as NodeJS.ErrnoException).code;
-      const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-      const error = status === 431 ? 'CARACAL_HEADERS_TOO_LARGE' : 'CARACAL_BAD_REQUEST';
-      const body = JSON.stringify({ error, message: status === 431 ? 'the request headers are too large' : 'the request is malformed', reasons: [], request_id: newId() });
-      if (socket.writable) {
-        socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
-      } else socket.destroy();
-    },
+    serverFactory: gatewayServerFactory(config),
+    clientErrorHandler,
     routerOptions: { maxParamLength: 500 },
   });
 
@@ -135,23 +124,6 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
     await deps.publisher.publish(deps.decisionsTopic, data.principal_id ?? 'anonymous', event);
   }
 
-  async function authenticate(request: FastifyRequest): Promise<VerifiedToken> {
-    const header = request.headers.authorization;
-    const match = typeof header === 'string' ? BEARER.exec(header) : null;
-    if (!match) throw new TokenRejected('missing', 'a bearer token is required');
-    const token = match[1]!;
-    const now = Math.floor(Date.now() / 1000);
-    const cached = deps.tokenCache.get(token, now);
-    if (cached) {
-      metrics.tokenCache.inc({ result: 'hit' });
-      return cached;
-    }
-    metrics.tokenCache.inc({ result: 'miss' });
-    const verified = await deps.verifier.verify(token);
-    deps.tokenCache.set(token, verified);
-    return verified;
-  }
-
   /** The whole decision: authenticate → facts → one WASM evaluation → record → allow or throw. */
   function gate(upstream: UpstreamConfig) {
     return async function decide(request: FastifyRequest, reply: FastifyReply): Promise<void> {
@@ -163,9 +135,9 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       assertSafePath(request.url);
       const { resource, action } = resourceAndAction(upstream, request.method);
 
-      let verified: VerifiedToken;
+      let verified: AuthResult;
       try {
-        verified = await authenticate(request);
+        verified = await deps.authenticator.authenticate(request);
       } catch (err) {
         const failure = err instanceof TokenRejected ? err.failure : 'malformed';
         metrics.authFailures.inc({ reason: failure });

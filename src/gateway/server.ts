@@ -13,6 +13,7 @@ import { PolicyEngine } from '../policy/engine.js';
 import { HomeLock, newAdminToken } from '../store/home.js';
 import { migrateUp } from '../store/migrate.js';
 import { buildAdminApp } from './admin.js';
+import { BearerAuthenticator } from './authenticate.js';
 import { buildGatewayApp, type GatewayApp, type PolicyEvaluator } from './app.js';
 
 export interface AssembledGateway {
@@ -78,8 +79,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     logger: ctx.logger,
     engine,
     facts,
-    verifier: new TokenVerifier([key], ctx.tokenSettings),
-    tokenCache,
+    authenticator: new BearerAuthenticator(new TokenVerifier([key], ctx.tokenSettings), tokenCache, metrics),
     publisher,
     decisionsTopic: ctx.topics.decisions,
     metrics,

@@ -1,0 +1,53 @@
+import type { FastifyRequest } from 'fastify';
+import { TokenRejected, type TokenVerifier, type VerifiedToken, type VerifiedTokenCache } from '../authority/tokens.js';
+import type { GatewayMetrics } from '../metrics/metrics.js';
+
+/** Who is calling, and how we know. */
+export interface AuthResult {
+  principalId: string;
+  /** The credential's id (`jti`) when it has one. */
+  tokenId: string | null;
+  method: 'caracal-token';
+  /** The verified token's claims as the cache keeps them. */
+  token: VerifiedToken | null;
+}
+
+/**
+ * Turns a request into a principal or throws `TokenRejected` (→ 401). Implementations must never
+ * trust a header the client could set for anything but the bearer credential itself.
+ */
+export interface Authenticator {
+  authenticate(request: FastifyRequest): Promise<AuthResult>;
+}
+
+const BEARER = /^Bearer ([^\s]+)$/i;
+
+export function bearerToken(request: FastifyRequest): string | null {
+  const header = request.headers.authorization;
+  const match = typeof header === 'string' ? BEARER.exec(header) : null;
+  return match ? match[1]! : null;
+}
+
+/** Caracal-issued ES256 bearer tokens, verified once and cached until they expire. */
+export class BearerAuthenticator implements Authenticator {
+  constructor(
+    private readonly verifier: TokenVerifier,
+    private readonly cache: VerifiedTokenCache,
+    private readonly metrics: GatewayMetrics,
+  ) {}
+
+  async authenticate(request: FastifyRequest): Promise<AuthResult> {
+    const token = bearerToken(request);
+    if (!token) throw new TokenRejected('missing', 'a bearer token is required');
+    const now = Math.floor(Date.now() / 1000);
+    let verified = this.cache.get(token, now);
+    if (verified) {
+      this.metrics.tokenCache.inc({ result: 'hit' });
+    } else {
+      this.metrics.tokenCache.inc({ result: 'miss' });
+      verified = await this.verifier.verify(token);
+      this.cache.set(token, verified);
+    }
+    return { principalId: verified.principalId, tokenId: verified.tokenId, method: 'caracal-token', token: verified };
+  }
+}
