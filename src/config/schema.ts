@@ -26,6 +26,46 @@ export const UpstreamSchema = z
   })
   .strict();
 
+/** How a verified external identity (token claim or certificate SAN) names a Caracal principal. */
+export const PrincipalMappingSchema = z
+  .object({
+    /** The principal's id, or its unique name. */
+    by: z.enum(['id', 'name']).default('name'),
+    /** A prefix stripped from the value first (e.g. "spiffe://example.org/agent/"); a value without it is refused. */
+    stripPrefix: z.string().default(''),
+  })
+  .strict();
+
+export const ExternalIssuerSchema = z
+  .object({
+    issuer: z.string().min(1),
+    audience: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]),
+    jwksUrl: z.url({ protocol: /^https?$/ }),
+    algorithms: z.array(z.enum(['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'])).min(1).default(['RS256', 'ES256']),
+    /** The claim that names the principal. */
+    principalClaim: z.string().min(1).default('sub'),
+    mapping: PrincipalMappingSchema.default({ by: 'name', stripPrefix: '' }),
+    /** How long fetched keys are trusted before a background refresh. */
+    jwksCacheSeconds: z.coerce.number().int().min(10).max(86_400).default(600),
+    /** At most one refresh per this many seconds, however many unknown `kid`s arrive. */
+    jwksMinRefreshSeconds: z.coerce.number().int().min(1).max(3_600).default(30),
+  })
+  .strict();
+
+export const GatewayTlsSchema = z
+  .object({
+    certFile: z.string().min(1),
+    keyFile: z.string().min(1),
+    /** CA bundle that client certificates must chain to; set → mTLS is available. */
+    clientCaFile: z.string().min(1).optional(),
+    /** true: the TLS handshake fails without a valid client certificate. */
+    requireClientCert: z.boolean().default(false),
+    /** Which SAN of the client certificate names the principal. */
+    principalSan: z.enum(['uri', 'dns', 'email']).default('uri'),
+    mapping: PrincipalMappingSchema.default({ by: 'name', stripPrefix: '' }),
+  })
+  .strict();
+
 export const ConfigSchema = z
   .object({
     /** Where the embedded default keeps its data (PGlite, keys, local state). */
@@ -69,6 +109,8 @@ export const ConfigSchema = z
         maxHeaderBytes: z.coerce.number().int().min(1024).max(1024 * 1024).default(16 * 1024),
         shutdownGraceMs: z.coerce.number().int().min(0).default(10_000),
         upstreams: z.array(UpstreamSchema).default([]),
+        /** HTTPS (and mTLS) for agents; unset = plain HTTP (behind a TLS-terminating proxy, or local). */
+        tls: GatewayTlsSchema.optional(),
       })
       .strict()
       .default({ host: '127.0.0.1', port: 8443, bodyLimitBytes: 10 * 1024 * 1024, maxHeaderBytes: 16 * 1024, shutdownGraceMs: 10_000, upstreams: [] }),
@@ -96,9 +138,20 @@ export const ConfigSchema = z
         tokenTtlSeconds: z.coerce.number().int().min(1).max(86_400).default(900),
         clockSkewSeconds: z.coerce.number().int().min(0).max(300).default(30),
         verifiedTokenCacheSize: z.coerce.number().int().min(0).max(10_000_000).default(100_000),
+        /** Earlier signing keys still accepted for verification until `validUntil` (key rotation overlap). */
+        previousKeys: z.array(z.object({ path: z.string().min(1), validUntil: z.iso.datetime() }).strict()).default([]),
+        /** Token issuers other than Caracal (an external IdP), verified against their remote JWKS. */
+        externalIssuers: z.array(ExternalIssuerSchema).default([]),
       })
       .strict()
-      .default({ issuer: 'caracal', audience: 'caracal-gateway', tokenTtlSeconds: 900, clockSkewSeconds: 30, verifiedTokenCacheSize: 100_000 }),
+      .default({ issuer: 'caracal', audience: 'caracal-gateway', tokenTtlSeconds: 900, clockSkewSeconds: 30, verifiedTokenCacheSize: 100_000, previousKeys: [], externalIssuers: [] }),
+    allowlists: z
+      .object({
+        /** A principal with no allowlist entry: denied (default) or allowed everywhere its policy allows. */
+        whenEmpty: z.enum(['deny', 'allow']).default('deny'),
+      })
+      .strict()
+      .default({ whenEmpty: 'deny' }),
     policy: z
       .object({
         /** Bundle (tar.gz with policy.wasm) to load; unset = the committed default bundle. */
