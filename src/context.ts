@@ -7,7 +7,7 @@ import type { EventLog } from './events/event-log.js';
 import { EventPublisher } from './events/publisher.js';
 import { topicNames } from './events/topics.js';
 import { buildEvent, EVENT_TYPES, type LifecycleData } from './events/cloudevents.js';
-import { loadSigningKey, type SigningKey } from './authority/keys.js';
+import { loadKeyRing, type KeyRing, type SigningKey } from './authority/keys.js';
 import type { TokenSettings } from './authority/tokens.js';
 import { createLogger, type Logger } from './logging/logger.js';
 import type { Db } from './store/db.js';
@@ -32,7 +32,7 @@ export class AppContext {
   readonly tokenSettings: TokenSettings;
   private eventsPromise?: Promise<EventLog>;
   private cachePromise?: Promise<Cache>;
-  private keyPromise?: Promise<SigningKey>;
+  private keyPromise?: Promise<KeyRing>;
   private publisherInstance?: EventPublisher;
   private readonly closers: (() => Promise<void>)[] = [];
 
@@ -74,9 +74,14 @@ export class AppContext {
     return this.cachePromise;
   }
 
-  signingKey(): Promise<SigningKey> {
-    this.keyPromise ??= loadSigningKey({ signingKeyPath: this.config.auth.signingKeyPath, home: this.config.home });
+  /** The current signing key and the earlier ones still trusted (rotation overlap). */
+  keyRing(): Promise<KeyRing> {
+    this.keyPromise ??= loadKeyRing({ signingKeyPath: this.config.auth.signingKeyPath, home: this.config.home, previousKeys: this.config.auth.previousKeys });
     return this.keyPromise;
+  }
+
+  async signingKey(): Promise<SigningKey> {
+    return (await this.keyRing()).current;
   }
 
   async publisher(onBatch?: (topic: string, size: number, ok: boolean) => void): Promise<EventPublisher> {

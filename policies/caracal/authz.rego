@@ -1,4 +1,4 @@
-# Caracal authority policy (input contract v1, see policies/README.md).
+# Caracal authority policy (input contract v2, see policies/README.md).
 #
 # Entry point: caracal/authz/decision -> {allow, reasons, policy_ids}
 #
@@ -22,6 +22,9 @@ allow if {
 	principal_active
 	request_valid
 	count(allowing_policy_ids) > 0
+	mandate_valid
+	not emergency_stopped
+	allowlist_matched
 }
 
 # Reasons: stable, machine-readable, sorted, without duplicates; empty on allow.
@@ -98,15 +101,37 @@ usable_policies contains p if {
 
 deny_reasons contains "no_policy" if count(usable_policies) == 0
 
-# Policies whose resource patterns cover the requested resource.
+# The policies that can grant this request: any of the principal's, or — under a mandate — only
+# the root mandate's policy (in `policies`, the gateway sends the root principal's policies).
+granting_policies contains p if {
+	not has_mandate
+	some p in usable_policies
+}
+
+granting_policies contains p if {
+	has_mandate
+	some p in usable_policies
+	p.id == input.mandate.root_policy_id
+}
+
+deny_reasons contains "no_policy" if {
+	has_mandate
+	count(usable_policies) > 0
+	count(granting_policies) == 0
+}
+
+# Policies whose resource patterns cover the requested resource (and, under a mandate, the
+# mandate's own scope covers it too: authority is the intersection).
 resource_policies contains p if {
 	request_valid
-	some p in usable_policies
+	mandate_covers_resource
+	some p in granting_policies
 	some pattern in p.resources
 	resource_matches(pattern, input.request.resource)
 }
 
 allowing_policy_ids contains p.id if {
+	mandate_covers_action
 	some p in resource_policies
 	some action in p.actions
 	action_matches(action, input.request.action)
@@ -114,7 +139,7 @@ allowing_policy_ids contains p.id if {
 
 deny_reasons contains "scope_resource" if {
 	request_valid
-	count(usable_policies) > 0
+	count(granting_policies) > 0
 	count(resource_policies) == 0
 }
 
@@ -122,6 +147,130 @@ deny_reasons contains "scope_action" if {
 	count(resource_policies) > 0
 	count(allowing_policy_ids) == 0
 }
+
+# ---------------------------------------------------------------------------------------------
+# Mandates (DESIGN.md §3): the gateway verified the signature; the chain facts decide here.
+
+has_mandate if input.mandate != null
+
+mandate_covers_resource if not has_mandate
+
+mandate_covers_resource if {
+	has_mandate
+	some pattern in input.mandate.resources
+	resource_matches(pattern, input.request.resource)
+}
+
+mandate_covers_action if not has_mandate
+
+mandate_covers_action if {
+	has_mandate
+	some action in input.mandate.actions
+	action_matches(action, input.request.action)
+}
+
+mandate_valid if not has_mandate
+
+mandate_valid if {
+	has_mandate
+	count(mandate_problems) == 0
+}
+
+mandate_problems contains "input_invalid" if {
+	has_mandate
+	not mandate_well_formed
+}
+
+mandate_well_formed if {
+	m := input.mandate
+	is_object(m)
+	is_string(m.subject)
+	is_number(m.depth)
+	is_number(m.not_before)
+	is_number(m.expires_at)
+	is_boolean(m.revoked)
+	is_array(m.chain)
+	is_array(m.resources)
+	is_array(m.actions)
+	is_string(m.root_policy_id)
+	every link in m.chain {
+		is_object(link)
+		is_boolean(link.revoked)
+		is_string(link.subject_status)
+	}
+}
+
+# A mandate is only good in the hands of its subject.
+mandate_problems contains "mandate_subject_mismatch" if {
+	mandate_well_formed
+	input.mandate.subject != input.principal.id
+}
+
+mandate_problems contains "mandate_expired" if {
+	mandate_well_formed
+	input.now >= input.mandate.expires_at
+}
+
+mandate_problems contains "mandate_not_yet_valid" if {
+	mandate_well_formed
+	input.now < input.mandate.not_before
+}
+
+mandate_problems contains "mandate_revoked" if {
+	mandate_well_formed
+	input.mandate.revoked
+}
+
+mandate_problems contains "mandate_revoked" if {
+	mandate_well_formed
+	some link in input.mandate.chain
+	link.revoked
+}
+
+# Everyone up the chain must still be active: suspending a delegator stops its delegates.
+mandate_problems contains "delegator_inactive" if {
+	mandate_well_formed
+	some link in input.mandate.chain
+	link.subject_status != "active"
+}
+
+# Depth is bounded by the root policy as it is now, not as it was at issue time.
+mandate_problems contains "delegation_depth" if {
+	mandate_well_formed
+	some p in granting_policies
+	input.mandate.depth > object.get(p, "delegation_depth", 0)
+}
+
+deny_reasons contains reason if {
+	some reason in mandate_problems
+}
+
+# ---------------------------------------------------------------------------------------------
+# Emergency stop: global, or of the principal or anyone up its mandate chain. Facts are required.
+
+# (A positive rule negated: `not is_object(input.emergency)` is undefined, not true, when the
+# field is missing — it would fail open.)
+emergency_facts if is_object(input.emergency)
+
+emergency_stopped if not emergency_facts
+
+emergency_stopped if input.emergency.global == true
+
+emergency_stopped if input.emergency.principal == true
+
+deny_reasons contains "input_invalid" if not emergency_facts
+
+deny_reasons contains "emergency_stop" if {
+	emergency_facts
+	emergency_stopped
+}
+
+# ---------------------------------------------------------------------------------------------
+# Allowlist: the gateway matched the concrete upstream URL against the principal's entries.
+
+allowlist_matched if input.allowlist.matched == true
+
+deny_reasons contains "allowlist_no_match" if not allowlist_matched
 
 # Glob with "/" as the only delimiter: `*` stays within one segment, `**` crosses segments.
 # Patterns are anchored: "api:external/echo" does not match "api:external/echo2".

@@ -21,10 +21,20 @@ ext_read := {"id": "p-ext", "resources": ["api:external/*"], "actions": ["read"]
 
 req(resource, action) := object.union(read_echo, {"resource": resource, "action": action})
 
+no_emergency := {"global": false, "principal": false}
+
+allowlisted := {"checked": true, "matched": true, "entry_id": "al-1"}
+
+# The facts every well-formed input carries besides principal, policies and request.
+with_facts(inp) := object.union({"emergency": no_emergency, "allowlist": allowlisted}, inp)
+
 mk_input(principal, policies, request) := {
 	"principal": principal,
 	"policies": policies,
 	"request": request,
+	"mandate": null,
+	"emergency": no_emergency,
+	"allowlist": allowlisted,
 	"now": 1767225600,
 }
 
@@ -60,7 +70,7 @@ test_allow_reports_every_allowing_policy_sorted if {
 }
 
 test_allow_ignores_unknown_fields if {
-	inp := object.union(mk_input(active, [ext_read], read_echo), {"mandate": {"jti": "m"}, "spend": 0})
+	inp := object.union(mk_input(active, [ext_read], read_echo), {"budget": {"jti": "m"}, "spend": 0})
 	decide(inp).allow
 }
 
@@ -108,7 +118,7 @@ test_reason_principal_unknown_null if {
 }
 
 test_reason_principal_unknown_missing if {
-	decide({"policies": [ext_read], "request": read_echo}).reasons == ["principal_unknown"]
+	decide(with_facts({"policies": [ext_read], "request": read_echo})).reasons == ["principal_unknown"]
 }
 
 test_reason_principal_suspended if {
@@ -133,7 +143,7 @@ test_reason_no_policy_empty if {
 }
 
 test_reason_no_policy_missing if {
-	decide({"principal": active, "request": read_echo}).reasons == ["no_policy"]
+	decide(with_facts({"principal": active, "request": read_echo})).reasons == ["no_policy"]
 }
 
 test_reason_no_policy_only_malformed_entries if {
@@ -168,7 +178,7 @@ test_scope_action_wins_over_scope_resource_when_some_policy_matches if {
 }
 
 test_reason_input_invalid_request_missing if {
-	decide({"principal": active, "policies": [ext_read]}).reasons == ["input_invalid"]
+	decide(with_facts({"principal": active, "policies": [ext_read]})).reasons == ["input_invalid"]
 }
 
 test_reason_input_invalid_action_number if {
@@ -186,12 +196,12 @@ test_reason_input_invalid_empty_strings if {
 
 test_reasons_sorted_and_unique if {
 	# principal_not_object and the bad request both yield input_invalid: reported once.
-	d := decide({"principal": "x", "policies": "y", "request": {"action": 7}})
+	d := decide(with_facts({"principal": "x", "policies": "y", "request": {"action": 7}}))
 	d.reasons == ["input_invalid", "no_policy"]
 }
 
 test_all_reasons_at_once_sorted if {
-	decide({}).reasons == ["input_invalid", "no_policy", "principal_unknown"]
+	decide({}).reasons == ["allowlist_no_match", "input_invalid", "no_policy", "principal_unknown"]
 	decide(mk_input(suspended, [], read_echo)).reasons == ["no_policy", "principal_suspended"]
 }
 
@@ -255,4 +265,96 @@ test_fast_path_is_taken_for_common_forms if {
 	authz.fast_form("mcp:github/**")
 	not authz.fast_form("api:*/echo")
 	not authz.fast_form("api:external/a\\*")
+}
+
+# --- mandates ------------------------------------------------------------------------------------
+
+ext_rw_delegable := {"id": "p-root", "resources": ["api:external/*"], "actions": ["read", "write"], "delegation_depth": 1}
+
+mandate(over) := object.union(
+	{
+		"id": "m-1", "subject": "agent-1", "depth": 0,
+		"resources": ["api:external/echo"], "actions": ["read"],
+		"not_before": 1767225000, "expires_at": 1767229200, "revoked": false,
+		"root_policy_id": "p-root", "chain": [],
+	},
+	over,
+)
+
+delegated := mandate({"id": "m-2", "depth": 1, "chain": [{"id": "m-1", "subject": "root-agent", "subject_status": "active", "revoked": false}]})
+
+under(m) := object.union(mk_input(active, [ext_rw_delegable], read_echo), {"mandate": m})
+
+test_mandate_root_allows_within_scope if {
+	decide(under(mandate({}))) == {"allow": true, "reasons": [], "policy_ids": ["p-root"]}
+}
+
+test_mandate_delegated_allows_within_scope if decide(under(delegated)).allow
+
+test_mandate_scope_is_the_intersection_with_the_policy if {
+	# the policy grants write, the mandate only read
+	decide(object.union(under(mandate({})), {"request": req("api:external/echo", "write")})).reasons == ["scope_action"]
+	# the mandate names echo only
+	decide(object.union(under(mandate({})), {"request": req("api:external/other", "read")})).reasons == ["scope_resource"]
+}
+
+test_mandate_only_its_root_policy_grants if {
+	other := {"id": "p-other", "resources": ["api:external/*"], "actions": ["read"]}
+	d := decide(object.union(under(mandate({"root_policy_id": "p-gone"})), {"policies": [other]}))
+	d.reasons == ["no_policy"]
+}
+
+test_reason_mandate_subject_mismatch if decide(under(mandate({"subject": "agent-9"}))).reasons == ["mandate_subject_mismatch"]
+
+test_reason_mandate_expired if decide(under(mandate({"expires_at": 1767225600}))).reasons == ["mandate_expired"]
+
+test_reason_mandate_not_yet_valid if decide(under(mandate({"not_before": 1767225601}))).reasons == ["mandate_not_yet_valid"]
+
+test_reason_mandate_revoked if decide(under(mandate({"revoked": true}))).reasons == ["mandate_revoked"]
+
+test_reason_mandate_revoked_ancestor if {
+	m := object.union(delegated, {"chain": [{"id": "m-1", "subject": "root-agent", "subject_status": "active", "revoked": true}]})
+	decide(under(m)).reasons == ["mandate_revoked"]
+}
+
+test_reason_delegator_inactive if {
+	m := object.union(delegated, {"chain": [{"id": "m-1", "subject": "root-agent", "subject_status": "suspended", "revoked": false}]})
+	decide(under(m)).reasons == ["delegator_inactive"]
+}
+
+test_reason_delegation_depth_is_checked_against_the_policy_now if {
+	m := mandate({"depth": 2, "chain": [
+		{"id": "m-0", "subject": "a", "subject_status": "active", "revoked": false},
+		{"id": "m-1", "subject": "b", "subject_status": "active", "revoked": false},
+	]})
+	decide(under(m)).reasons == ["delegation_depth"]
+}
+
+test_reason_malformed_mandate_is_input_invalid if {
+	decide(under({"id": "m"})).reasons == ["input_invalid", "no_policy"]
+	decide(under(mandate({"chain": [{"id": "m-0"}]}))).reasons == ["input_invalid"]
+	decide(under(mandate({"revoked": "no"}))).reasons == ["input_invalid"]
+}
+
+# --- emergency stop and allowlist ------------------------------------------------------------------
+
+test_reason_emergency_stop_global if {
+	decide(object.union(mk_input(active, [ext_read], read_echo), {"emergency": {"global": true, "principal": false}})).reasons == ["emergency_stop"]
+}
+
+test_reason_emergency_stop_principal if {
+	decide(object.union(mk_input(active, [ext_read], read_echo), {"emergency": {"global": false, "principal": true}})).reasons == ["emergency_stop"]
+}
+
+test_missing_emergency_facts_deny if {
+	inp := object.remove(mk_input(active, [ext_read], read_echo), ["emergency"])
+	decide(inp).reasons == ["input_invalid"]
+}
+
+test_reason_allowlist_no_match if {
+	decide(object.union(mk_input(active, [ext_read], read_echo), {"allowlist": {"checked": true, "matched": false, "entry_id": null}})).reasons == ["allowlist_no_match"]
+}
+
+test_missing_allowlist_facts_deny if {
+	decide(object.remove(mk_input(active, [ext_read], read_echo), ["allowlist"])).reasons == ["allowlist_no_match"]
 }

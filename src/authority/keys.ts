@@ -56,3 +56,37 @@ export async function loadSigningKey(options: { signingKeyPath?: string; home: s
   }
   return signingKeyFromPem(readFileSync(file, 'utf8'), file);
 }
+
+/**
+ * The keys a gateway trusts: the current signing key, and earlier keys still accepted for
+ * verification until their `validUntil` (the overlap of a rotation). The JWKS lists exactly these.
+ */
+export interface KeyRing {
+  current: SigningKey;
+  previous: { key: SigningKey; validUntil: number }[];
+}
+
+export async function loadKeyRing(options: {
+  signingKeyPath?: string;
+  home: string;
+  previousKeys: readonly { path: string; validUntil: string }[];
+}): Promise<KeyRing> {
+  const current = await loadSigningKey(options);
+  const previous = await Promise.all(
+    options.previousKeys.map(async ({ path: file, validUntil }) => {
+      let pem: string;
+      try {
+        pem = readFileSync(file, 'utf8');
+      } catch {
+        throw new CaracalError('CARACAL_CONFIG_INVALID', `auth.previousKeys: ${file} cannot be read`);
+      }
+      return { key: await signingKeyFromPem(pem, file), validUntil: Math.floor(Date.parse(validUntil) / 1000) };
+    }),
+  );
+  return { current, previous };
+}
+
+/** Keys usable for verification at `nowSeconds`, current first. */
+export function verificationKeys(ring: KeyRing, nowSeconds: number): SigningKey[] {
+  return [ring.current, ...ring.previous.filter((p) => p.validUntil > nowSeconds && p.key.kid !== ring.current.kid).map((p) => p.key)];
+}

@@ -1,7 +1,8 @@
 import { decodeProtectedHeader, errors as joseErrors, jwtVerify, SignJWT, type JWTPayload } from 'jose';
 import { CaracalError } from '../errors/catalog.js';
 import { newId } from '../util/ids.js';
-import type { SigningKey } from './keys.js';
+import { z } from 'zod';
+import { verificationKeys, type KeyRing, type SigningKey } from './keys.js';
 
 export interface TokenSettings {
   issuer: string;
@@ -46,11 +47,34 @@ export async function issueAccessToken(
   };
 }
 
+/** The claims that make an access token a mandate (DESIGN.md §3). */
+export const MandateClaimsSchema = z
+  .object({
+    scope: z.object({ resources: z.array(z.string().min(1).max(300)).min(1).max(256), actions: z.array(z.string().min(1).max(64)).min(1).max(64) }).strict(),
+    parent: z.string().min(1).max(64).nullable(),
+    depth: z.number().int().min(0).max(16),
+    root: z.string().min(1).max(64),
+    /** The root mandate's authority policy. */
+    policy: z.string().min(1).max(64),
+    /** The ancestors, root first: the gateway checks each one's revocation and subject on every call. */
+    chain: z.array(z.object({ id: z.string().min(1).max(64), sub: z.string().min(1).max(64) }).strict()).max(16),
+  })
+  .strict()
+  .refine((m) => m.chain.length === m.depth && (m.parent ?? null) === (m.chain.at(-1)?.id ?? null) && (m.depth === 0 || m.root === m.chain[0]!.id), {
+    message: 'inconsistent chain',
+  });
+export type MandateClaims = z.infer<typeof MandateClaimsSchema>;
+
 export interface VerifiedToken {
   principalId: string;
   tokenId: string;
-  /** Expiry, epoch seconds. */
+  /** Expiry and not-before, epoch seconds. */
   exp: number;
+  nbf: number;
+  /** The key that signed it: a cached verification is only good while that key is trusted. */
+  kid: string;
+  /** Present when the token is a mandate. */
+  mandate: MandateClaims | null;
 }
 
 /** Why a token was refused; the label of caracal_auth_failures_total. */
@@ -71,10 +95,14 @@ const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
  * verifier to fetch or trust a key from the token itself (`jku`, `x5u`, `jwk`, `x5c`).
  */
 export class TokenVerifier {
-  private readonly keys: Map<string, SigningKey>;
+  constructor(
+    private readonly ring: KeyRing,
+    private readonly settings: TokenSettings,
+  ) {}
 
-  constructor(keys: SigningKey[], private readonly settings: TokenSettings) {
-    this.keys = new Map(keys.map((key) => [key.kid, key]));
+  /** Is the key that signed a (cached) token still trusted now? */
+  keyTrusted(kid: string, nowSeconds: number): boolean {
+    return verificationKeys(this.ring, nowSeconds).some((key) => key.kid === kid);
   }
 
   async verify(token: string): Promise<VerifiedToken> {
@@ -89,8 +117,9 @@ export class TokenVerifier {
     for (const field of ['jku', 'x5u', 'jwk', 'x5c'] as const) {
       if (field in header) throw new TokenRejected('unsupported_header', `token header "${field}" is not accepted`);
     }
-    const key = header.kid === undefined && this.keys.size === 1 ? [...this.keys.values()][0] : this.keys.get(String(header.kid));
-    if (!key) throw new TokenRejected('bad_signature', 'the token was not signed by a known key');
+    const trusted = verificationKeys(this.ring, Math.floor(Date.now() / 1000));
+    const key = header.kid === undefined ? undefined : trusted.find((k) => k.kid === header.kid);
+    if (!key) throw new TokenRejected('bad_signature', 'the token was not signed by a trusted key');
     let payload: JWTPayload;
     try {
       ({ payload } = await jwtVerify(token, key.publicKey, {
@@ -103,7 +132,14 @@ export class TokenVerifier {
     } catch (err) {
       throw mapJoseError(err);
     }
-    return { principalId: payload.sub!, tokenId: payload.jti!, exp: payload.exp! };
+    let mandate: MandateClaims | null = null;
+    if ('scope' in payload || 'parent' in payload || 'depth' in payload) {
+      const parsed = MandateClaimsSchema.safeParse({ scope: payload.scope, parent: payload.parent ?? null, depth: payload.depth, root: payload.root, policy: payload.policy, chain: payload.chain });
+      if (!parsed.success) throw new TokenRejected('bad_claims', 'the mandate claims are malformed');
+      mandate = parsed.data;
+      if (mandate.depth === 0 && mandate.root !== payload.jti) throw new TokenRejected('bad_claims', 'the mandate claims are malformed');
+    }
+    return { principalId: payload.sub!, tokenId: payload.jti!, exp: payload.exp!, nbf: payload.nbf ?? payload.iat!, kid: key.kid, mandate };
   }
 }
 

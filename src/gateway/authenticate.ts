@@ -5,11 +5,13 @@ import type { GatewayMetrics } from '../metrics/metrics.js';
 /** Who is calling, and how we know. */
 export interface AuthResult {
   principalId: string;
-  /** The credential's id (`jti`) when it has one. */
+  /** The credential's id (`jti`, or a digest of an external token without one); null for mTLS. */
   tokenId: string | null;
-  method: 'caracal-token';
-  /** The verified token's claims as the cache keeps them. */
+  method: 'caracal-token' | 'external-token' | 'mtls';
+  /** The verified token's claims as the cache keeps them (null for mTLS). */
   token: VerifiedToken | null;
+  /** The external token's issuer (`external-token` only). */
+  issuer?: string;
 }
 
 /**
@@ -41,6 +43,10 @@ export class BearerAuthenticator implements Authenticator {
     if (!token) throw new TokenRejected('missing', 'a bearer token is required');
     const now = Math.floor(Date.now() / 1000);
     let verified = this.cache.get(token, now);
+    // A cached verification lasts only while its signing key is trusted (key rotation).
+    if (verified && !this.verifier.keyTrusted(verified.kid, now)) {
+      throw new TokenRejected('bad_signature', 'the token was signed by a key that is no longer trusted');
+    }
     if (verified) {
       this.metrics.tokenCache.inc({ result: 'hit' });
     } else {

@@ -1,6 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
 import { AuthorityFacts } from '../authority/facts.js';
+import { verificationKeys } from '../authority/keys.js';
 import { TokenVerifier, VerifiedTokenCache } from '../authority/tokens.js';
 import type { CaracalConfig } from '../config/schema.js';
 import { AppContext, type ContextOverrides } from '../context.js';
@@ -48,7 +49,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
   const engine = { current: options.engine ?? ((await PolicyEngine.fromBundleFile(config.policy.bundlePath ?? DEFAULT_BUNDLE)) as PolicyEvaluator) };
   const metrics = options.metrics ?? new GatewayMetrics();
   metrics.bundleInfo.set({ revision: engine.current.revision }, 1);
-  const key = await ctx.signingKey();
+  const ring = await ctx.keyRing();
   const facts = new AuthorityFacts(ctx.db, ctx.logger);
   const tokenCache = new VerifiedTokenCache(config.auth.verifiedTokenCacheSize);
   const publisher = await ctx.publisher((topic, size, ok) => metrics.eventsPublished.inc({ topic, result: ok ? 'ok' : 'error' }, size));
@@ -79,7 +80,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     logger: ctx.logger,
     engine,
     facts,
-    authenticator: new BearerAuthenticator(new TokenVerifier([key], ctx.tokenSettings), tokenCache, metrics),
+    authenticator: new BearerAuthenticator(new TokenVerifier(ring, ctx.tokenSettings), tokenCache, metrics),
     publisher,
     decisionsTopic: ctx.topics.decisions,
     metrics,
@@ -88,7 +89,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
       { name: 'events', check: () => events.ping() },
       { name: 'cache', check: () => cache.ping() },
     ],
-    jwks: async () => ({ keys: [key.publicJwk] }),
+    jwks: async () => ({ keys: verificationKeys(ring, Math.floor(Date.now() / 1000)).map((k) => k.publicJwk) }),
     source: `caracal/gateway/${ctx.instanceId}`,
   });
   return { gateway, metrics, facts, tokenCache, engine, stop: () => subscription.stop() };
