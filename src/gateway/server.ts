@@ -15,6 +15,7 @@ import { HomeLock, newAdminToken } from '../store/home.js';
 import { migrateUp } from '../store/migrate.js';
 import { buildAdminApp } from './admin.js';
 import { BearerAuthenticator } from './authenticate.js';
+import { ChainAuthenticator } from './authenticators.js';
 import { buildGatewayApp, type GatewayApp, type PolicyEvaluator } from './app.js';
 
 export interface AssembledGateway {
@@ -80,7 +81,14 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     logger: ctx.logger,
     engine,
     facts,
-    authenticator: new BearerAuthenticator(new TokenVerifier(ring, ctx.tokenSettings), tokenCache, metrics),
+    authenticator: ChainAuthenticator.fromConfig({
+      config,
+      db: ctx.db,
+      logger: ctx.logger,
+      caracal: new BearerAuthenticator(new TokenVerifier(ring, ctx.tokenSettings), tokenCache, metrics),
+      cache: tokenCache,
+      metrics,
+    }),
     publisher,
     decisionsTopic: ctx.topics.decisions,
     metrics,
