@@ -10,7 +10,7 @@ import { parseEvent, type DecisionData } from '../../src/events/cloudevents.js';
 import type { EventLog, LogMessage } from '../../src/events/event-log.js';
 import { assembleGateway, type AssembledGateway } from '../../src/gateway/server.js';
 import { createLogger } from '../../src/logging/logger.js';
-import { runOperation } from '../../src/operations.js';
+import { runOperation } from '../../src/operations/index.js';
 import type { Db } from '../../src/store/db.js';
 import { randomName } from './services.js';
 
@@ -20,6 +20,8 @@ export interface HarnessOptions {
   events?: EventLog;
   cache?: Cache;
   extraUpstreams?: { name: string; url: string; timeoutMs?: number }[];
+  /** Config values merged over the harness defaults (e.g. `auth.externalIssuers`, `gateway.tls`). */
+  configOverrides?: { auth?: Record<string, unknown>; gateway?: Record<string, unknown> } & Record<string, unknown>;
 }
 
 /** A whole gateway (real WASM, real event log, real echo upstream on loopback) driven by inject(). */
@@ -41,9 +43,10 @@ export async function createHarness(options: HarnessOptions = {}): Promise<Harne
     env: { CARACAL_TOPIC_PREFIX: `${randomName('t')}.`, ...options.env },
     cwd: home,
     overrides: {
+      ...options.configOverrides,
       home,
       logLevel: 'silent',
-      gateway: { upstreams: [{ name: 'echo', url: upstream.url }, ...(options.extraUpstreams ?? [])] },
+      gateway: { ...options.configOverrides?.gateway, upstreams: [{ name: 'echo', url: upstream.url }, ...(options.extraUpstreams ?? [])] },
     },
   });
   const ctx = await AppContext.fromConfig(config, {
