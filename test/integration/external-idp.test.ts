@@ -117,6 +117,8 @@ describe('external IdP tokens (remote JWKS on loopback)', () => {
     });
     h = await createHarness({
       configOverrides: {
+        // Identity is under test here, not allowlists: the policy alone decides.
+        allowlists: { whenEmpty: 'allow' },
         auth: {
           externalIssuers: [
             issuer(MAIN, '/main/jwks.json'),

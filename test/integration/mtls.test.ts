@@ -127,7 +127,8 @@ describe('HTTPS listener with mTLS (openssl-made PKI, loopback)', () => {
     ghost = pki.client('ghost', 'ca', `URI:${SPIFFE}nobody-has-this-name`);
     dnsOnly = pki.client('dns-only', 'ca', `DNS:${certName}.caracal.test`);
 
-    h = await createHarness({ configOverrides: { gateway: { tls: tlsConfig() } } });
+    // Identity is under test here, not allowlists: the policy alone decides.
+    h = await createHarness({ configOverrides: { allowlists: { whenEmpty: 'allow' }, gateway: { tls: tlsConfig() } } });
     certAgent = await h.registerAgent(certName);
     await h.grant(certAgent, ['api:external/echo'], ['read']);
     tokenAgent = await h.registerAgent(tokenName);
