@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { ZodError } from 'zod';
 import { isCaracalError } from '../errors/catalog.js';
 import { registerAgentCommands } from './commands/agent.js';
+import { registerAllowlistCommands } from './commands/allowlist.js';
 import { registerBundleCommands } from './commands/bundle.js';
 import { registerDbCommands } from './commands/db.js';
 import { registerKafkaCommands } from './commands/kafka.js';
@@ -27,6 +28,7 @@ export function buildProgram(runtime: () => CliRuntime, err: (text: string) => v
   registerServeCommands(program, runtime);
   registerAgentCommands(program, runtime);
   registerPolicyCommands(program, runtime);
+  registerAllowlistCommands(program, runtime);
   registerTokenCommands(program, runtime);
   registerDbCommands(program, runtime);
   registerKafkaCommands(program, runtime);

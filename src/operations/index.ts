@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import type { AppContext } from '../context.js';
 import { CaracalError } from '../errors/catalog.js';
+import { ALLOWLIST_OPERATIONS } from './allowlists.js';
 import { AUTHORITY_OPERATIONS } from './authority.js';
 import type { Operation } from './define.js';
 import { SYSTEM_OPERATIONS } from './system.js';
@@ -13,6 +14,7 @@ import { SYSTEM_OPERATIONS } from './system.js';
  */
 export const OPERATIONS = {
   ...AUTHORITY_OPERATIONS,
+  ...ALLOWLIST_OPERATIONS,
   ...SYSTEM_OPERATIONS,
 } as const;
 
