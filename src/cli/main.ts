@@ -6,6 +6,7 @@ import { registerAllowlistCommands } from './commands/allowlist.js';
 import { registerBundleCommands } from './commands/bundle.js';
 import { registerDbCommands } from './commands/db.js';
 import { registerKafkaCommands } from './commands/kafka.js';
+import { registerMandateCommands } from './commands/mandate.js';
 import { registerPolicyCommands } from './commands/policy.js';
 import { registerServeCommands } from './commands/serve.js';
 import { registerTokenCommands } from './commands/token.js';
@@ -32,6 +33,7 @@ export function buildProgram(runtime: () => CliRuntime, err: (text: string) => v
   registerTokenCommands(program, runtime);
   registerDbCommands(program, runtime);
   registerKafkaCommands(program, runtime);
+  registerMandateCommands(program, runtime);
   registerBundleCommands(program, runtime);
   // Subcommands inherit the strict behaviour: unknown flags and extra arguments are errors.
   const harden = (command: Command) => {

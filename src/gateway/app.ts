@@ -4,13 +4,17 @@ import type { CaracalConfig, UpstreamConfig } from '../config/schema.js';
 import { CaracalError } from '../errors/catalog.js';
 import { buildEvent, EVENT_TYPES, type DecisionData } from '../events/cloudevents.js';
 import type { EventPublisher } from '../events/publisher.js';
+import type { EmergencyState } from '../authority/emergency.js';
 import type { AuthorityFacts } from '../authority/facts.js';
-import { TokenRejected } from '../authority/tokens.js';
+import type { RevocationSet } from '../authority/revocations.js';
+import { TokenRejected, type VerifiedToken } from '../authority/tokens.js';
 import type { Authenticator, AuthResult } from './authenticate.js';
 import { clientErrorHandler, gatewayServerFactory } from './listener.js';
 import type { Logger } from '../logging/logger.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
 import type { Decision, DecisionInput } from '../policy/engine.js';
+import { isClientCertHeader } from './authenticators.js';
+import { buildDecisionInput, type AllowlistChecker } from './decision-input.js';
 import { newId } from '../util/ids.js';
 import { errorBody, installErrorHandling } from './errors.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
@@ -33,6 +37,11 @@ export interface GatewayDeps {
   /** Holder so a new bundle can be swapped in atomically: each request reads `current` once. */
   engine: { current: PolicyEvaluator };
   facts: AuthorityFacts;
+  revocations: RevocationSet;
+  emergency: EmergencyState;
+  allowlist: AllowlistChecker;
+  /** Verifies a Caracal mandate presented next to another credential (→ TokenRejected). */
+  verifyMandate: (token: string) => Promise<VerifiedToken>;
   authenticator: Authenticator;
   publisher: EventPublisher;
   decisionsTopic: string;
@@ -54,6 +63,22 @@ declare module 'fastify' {
     caracal: RequestState;
   }
 }
+
+/**
+ * Never forwarded: the agent's credentials (bearer, cookies, its mandate) and certificate headers
+ * a client could forge (the gateway does its own TLS; a client's claim about a certificate is noise).
+ */
+const STRIPPED_HEADERS = new Set([
+  'authorization',
+  'proxy-authorization',
+  'cookie',
+  'caracal-mandate',
+  'x-forwarded-client-cert',
+  'x-ssl-client-cert',
+  'x-client-cert',
+  'ssl-client-cert',
+  'x-client-certificate',
+]);
 
 export interface GatewayApp {
   app: FastifyInstance;
@@ -126,6 +151,9 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
 
   /** The whole decision: authenticate → facts → one WASM evaluation → record → allow or throw. */
   function gate(upstream: UpstreamConfig) {
+    // The concrete URL the allowlist sees: the upstream's base plus the agent's path (no query).
+    const upstreamBase = upstream.url.replace(/\/+$/, '');
+    const upstreamPrefixLength = `/proxy/${upstream.name}`.length;
     return async function decide(request: FastifyRequest, reply: FastifyReply): Promise<void> {
       if (closing) throw new CaracalError('CARACAL_SHUTTING_DOWN');
       const state = request.caracal;
@@ -136,8 +164,16 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       const { resource, action } = resourceAndAction(upstream, request.method);
 
       let verified: AuthResult;
+      let mandate: VerifiedToken | null;
       try {
         verified = await deps.authenticator.authenticate(request);
+        // The mandate: the bearer token itself when it is one; otherwise (an access token, mTLS or
+        // an external token proved who is calling) the `caracal-mandate` header, verified like a
+        // bearer token. Whether its subject is the caller is for the policy to check.
+        mandate = verified.token?.mandate ? verified.token : null;
+        const mandateHeader = request.headers['caracal-mandate'];
+        if (!mandate && typeof mandateHeader === 'string') mandate = await deps.verifyMandate(mandateHeader);
+        if (mandate && !mandate.mandate) throw new TokenRejected('bad_claims', 'the caracal-mandate header does not hold a mandate');
       } catch (err) {
         const failure = err instanceof TokenRejected ? err.failure : 'malformed';
         metrics.authFailures.inc({ reason: failure });
@@ -156,13 +192,15 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         throw err;
       }
 
-      const facts = deps.facts.peek(verified.principalId) ?? (await deps.facts.get(verified.principalId));
-      const input: DecisionInput = {
-        principal: facts?.principal ?? null,
-        policies: facts?.policies ?? [],
-        request: { upstream: upstream.name, method: request.method, path: request.url, resource, action },
-        now: Math.floor(Date.now() / 1000),
-      };
+      const pathOnly = request.url.slice(upstreamPrefixLength).split('?', 1)[0]!;
+      const input = await buildDecisionInput(
+        deps,
+        verified,
+        mandate,
+        { upstream: upstream.name, method: request.method, path: request.url, resource, action },
+        `${upstreamBase}${pathOnly}`,
+        Math.floor(Date.now() / 1000),
+      );
       const engine = deps.engine.current;
       const evalStarted = process.hrtime.bigint();
       const decision = engine.evaluate(input);
@@ -209,7 +247,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
           const out: Record<string, string | string[] | undefined> = {};
           for (const [name, value] of Object.entries(headers)) {
             // The agent's own credentials and any x-caracal-* header never reach the upstream.
-            if (name === 'authorization' || name === 'cookie' || name === 'proxy-authorization' || name.startsWith('x-caracal-')) continue;
+            if (STRIPPED_HEADERS.has(name) || name.startsWith('x-caracal-') || isClientCertHeader(name)) continue;
             out[name] = value;
           }
           out['x-request-id'] = request.id;

@@ -41,6 +41,12 @@ export class BearerAuthenticator implements Authenticator {
   async authenticate(request: FastifyRequest): Promise<AuthResult> {
     const token = bearerToken(request);
     if (!token) throw new TokenRejected('missing', 'a bearer token is required');
+    const verified = await this.verifyToken(token);
+    return { principalId: verified.principalId, tokenId: verified.tokenId, method: 'caracal-token', token: verified };
+  }
+
+  /** A Caracal token (access token or mandate), through the verified-token cache. */
+  async verifyToken(token: string): Promise<VerifiedToken> {
     const now = Math.floor(Date.now() / 1000);
     let verified = this.cache.get(token, now);
     // A cached verification lasts only while its signing key is trusted (key rotation).
@@ -54,6 +60,6 @@ export class BearerAuthenticator implements Authenticator {
       verified = await this.verifier.verify(token);
       this.cache.set(token, verified);
     }
-    return { principalId: verified.principalId, tokenId: verified.tokenId, method: 'caracal-token', token: verified };
+    return verified;
   }
 }

@@ -2,7 +2,10 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
 import { AuthorityFacts } from '../authority/facts.js';
 import { verificationKeys } from '../authority/keys.js';
+import { EmergencyState } from '../authority/emergency.js';
+import { RevocationSet } from '../authority/revocations.js';
 import { TokenVerifier, VerifiedTokenCache } from '../authority/tokens.js';
+import { createAllowlistChecker } from './allowlist-checker.js';
 import type { CaracalConfig } from '../config/schema.js';
 import { AppContext, type ContextOverrides } from '../context.js';
 import { parseEvent, type LifecycleData } from '../events/cloudevents.js';
@@ -55,8 +58,21 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
   const tokenCache = new VerifiedTokenCache(config.auth.verifiedTokenCacheSize);
   const publisher = await ctx.publisher((topic, size, ok) => metrics.eventsPublished.inc({ topic, result: ok ? 'ok' : 'error' }, size));
   const cache = await ctx.cache();
+  const revocations = new RevocationSet();
+  const emergency = new EmergencyState();
+  const allowlist = createAllowlistChecker(ctx.db, config.allowlists.whenEmpty);
+  await Promise.all([revocations.catchUp(ctx.db), emergency.reload(ctx.db)]);
+  const bearer = new BearerAuthenticator(new TokenVerifier(ring, ctx.tokenSettings), tokenCache, metrics);
 
-  // Changes to principals and policies reach this gateway through agent.lifecycle.
+  // Backstop for a missed lifecycle event: revocations and emergency stops are re-read from the
+  // database every few seconds (events normally deliver them within milliseconds).
+  const catchUp = setInterval(() => {
+    void Promise.all([revocations.catchUp(ctx.db), emergency.reload(ctx.db)]).catch((err) => log.warn({ err }, 'revocation/emergency catch-up failed'));
+  }, 5_000);
+  catchUp.unref();
+
+  // Changes to principals, policies, mandates, allowlists and emergency stops reach this gateway
+  // through agent.lifecycle.
   const subscription: Subscription = await events.subscribe({
     groupId: `caracal-gateway-${ctx.instanceId}`,
     topics: [ctx.topics.lifecycle],
@@ -69,9 +85,25 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
         log.warn({ err, offset: message.offset }, 'ignoring a malformed lifecycle event');
         return;
       }
-      if (data.principal_id) {
-        facts.invalidate(data.principal_id);
-        if (data.action === 'suspended') tokenCache.evictWhere((t) => t.principalId === data.principal_id);
+      switch (data.entity) {
+        case 'mandate': {
+          const ids = Array.isArray(data.attributes.ids) ? data.attributes.ids.filter((id): id is string => typeof id === 'string') : [];
+          revocations.add(ids);
+          const revoked = new Set(ids);
+          tokenCache.evictWhere((t) => revoked.has(t.tokenId));
+          break;
+        }
+        case 'emergency':
+          await emergency.reload(ctx.db);
+          break;
+        case 'allowlist':
+          if (data.principal_id) allowlist.invalidate(data.principal_id);
+          break;
+        default:
+          if (data.principal_id) {
+            facts.invalidate(data.principal_id);
+            if (data.action === 'suspended') tokenCache.evictWhere((t) => t.principalId === data.principal_id);
+          }
       }
     },
   });
@@ -81,11 +113,15 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     logger: ctx.logger,
     engine,
     facts,
+    revocations,
+    emergency,
+    allowlist,
+    verifyMandate: (token) => bearer.verifyToken(token),
     authenticator: ChainAuthenticator.fromConfig({
       config,
       db: ctx.db,
       logger: ctx.logger,
-      caracal: new BearerAuthenticator(new TokenVerifier(ring, ctx.tokenSettings), tokenCache, metrics),
+      caracal: bearer,
       cache: tokenCache,
       metrics,
     }),
@@ -100,7 +136,17 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     jwks: async () => ({ keys: verificationKeys(ring, Math.floor(Date.now() / 1000)).map((k) => k.publicJwk) }),
     source: `caracal/gateway/${ctx.instanceId}`,
   });
-  return { gateway, metrics, facts, tokenCache, engine, stop: () => subscription.stop() };
+  return {
+    gateway,
+    metrics,
+    facts,
+    tokenCache,
+    engine,
+    stop: async () => {
+      clearInterval(catchUp);
+      await subscription.stop();
+    },
+  };
 }
 
 export interface RunningGateway {
@@ -123,10 +169,10 @@ export interface StartGatewayOptions {
   overrides?: ContextOverrides & { engine?: PolicyEvaluator };
 }
 
-function urlOf(app: FastifyInstance): string {
+function urlOf(app: FastifyInstance, tls = false): string {
   const address = app.server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  return `http://${host}:${address.port}`;
+  return `${tls ? 'https' : 'http'}://${host}:${address.port}`;
 }
 
 export async function startGateway(config: Readonly<CaracalConfig>, options: StartGatewayOptions = {}): Promise<RunningGateway> {
@@ -168,12 +214,12 @@ export async function startGateway(config: Readonly<CaracalConfig>, options: Sta
 
     const adminUrl = urlOf(admin);
     lock?.publishRuntime(adminUrl, adminToken);
-    log.info({ gateway: urlOf(gateway.app), admin: adminUrl, metrics: urlOf(metricsApp), bundle_revision: assembled.engine.current.revision }, 'gateway listening');
+    log.info({ gateway: urlOf(gateway.app, Boolean(config.gateway.tls)), admin: adminUrl, metrics: urlOf(metricsApp), bundle_revision: assembled.engine.current.revision }, 'gateway listening');
 
     let closed: Promise<void> | undefined;
     return {
       ctx,
-      gatewayUrl: urlOf(gateway.app),
+      gatewayUrl: urlOf(gateway.app, Boolean(config.gateway.tls)),
       adminUrl,
       metricsUrl: urlOf(metricsApp),
       adminToken,

@@ -3,6 +3,7 @@ import type { AppContext } from '../context.js';
 import { CaracalError } from '../errors/catalog.js';
 import { ALLOWLIST_OPERATIONS } from './allowlists.js';
 import { AUTHORITY_OPERATIONS } from './authority.js';
+import { MANDATE_OPERATIONS } from './mandates.js';
 import type { Operation } from './define.js';
 import { SYSTEM_OPERATIONS } from './system.js';
 
@@ -15,6 +16,7 @@ import { SYSTEM_OPERATIONS } from './system.js';
 export const OPERATIONS = {
   ...AUTHORITY_OPERATIONS,
   ...ALLOWLIST_OPERATIONS,
+  ...MANDATE_OPERATIONS,
   ...SYSTEM_OPERATIONS,
 } as const;
 

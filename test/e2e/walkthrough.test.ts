@@ -104,6 +104,8 @@ describe.each(modes)('walkthrough on the $name', (mode) => {
       const agent = await cli('agent', 'register', '--name', 'my-agent', '--description', 'My AI agent', '--owner', 'user@example.com', '--quiet');
       expect(agent).toMatch(/^[0-9a-f-]{36}$/);
       await cli('policy', 'create', '--agent-id', agent, '--resources', 'api:external/echo', '--actions', 'read', '--max-validity', '86400', '--delegation-depth', '1');
+      // Agents with no allowlist entry are denied; the runbook's regex form, for the local upstream.
+      await cli('allowlist', 'create', '--agent-id', agent, '--pattern', '^http://127\\.0\\.0\\.1:[0-9]+/.*$', '--pattern-type', 'regex');
       expect(JSON.parse(await cli('agent', 'list', '--json'))).toEqual([expect.objectContaining({ id: agent, status: 'active' })]);
       const token = await cli('token', 'issue', '--agent-id', agent);
 

@@ -19,6 +19,9 @@ export const validInput: DecisionInput = {
   principal: { id: 'agent-1', status: 'active', kind: 'agent' },
   policies: [{ id: 'p-ext', resources: ['api:external/*'], actions: ['read'] }],
   request: { upstream: 'echo', method: 'GET', path: '/v1', resource: 'api:external/echo', action: 'read' },
+  mandate: null,
+  allowlist: { checked: true, matched: true, entry_id: 'al-1' },
+  emergency: { global: false, principal: false },
   now: 1767225600,
 };
 

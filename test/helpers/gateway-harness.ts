@@ -30,7 +30,10 @@ export interface Harness {
   assembled: AssembledGateway;
   upstream: EchoUpstream;
   registerAgent(name?: string): Promise<string>;
+  /** Policy + an allowlist entry for the echo upstream (agents with no entry are denied by default). */
   grant(principalId: string, resources: string[], actions: string[]): Promise<string>;
+  /** An allowlist entry covering every URL of the echo upstream. */
+  allowUpstream(principalId: string): Promise<void>;
   token(principalId: string, ttlSeconds?: number, now?: Date): Promise<string>;
   op(name: string, args: Record<string, unknown>): Promise<unknown>;
   close(): Promise<void>;
@@ -58,14 +61,20 @@ export async function createHarness(options: HarnessOptions = {}): Promise<Harne
   const assembled = await assembleGateway(ctx);
   await assembled.gateway.app.ready();
   const op = (name: string, args: Record<string, unknown>) => runOperation(ctx, name, args);
+  const allowUpstream = async (principalId: string) => {
+    await op('allowlist.create', { principalId, pattern: `${upstream.url}/**`, patternType: 'glob' });
+  };
   return {
     ctx,
     assembled,
     upstream,
     op,
     registerAgent: async (name = randomName('agent')) => ((await op('agent.register', { name, owner: 'test@example.com' })) as { id: string }).id,
-    grant: async (principalId, resources, actions) =>
-      ((await op('policy.create', { principalId, resources, actions, maxValiditySeconds: 3600 })) as { id: string }).id,
+    grant: async (principalId, resources, actions) => {
+      await allowUpstream(principalId);
+      return ((await op('policy.create', { principalId, resources, actions, maxValiditySeconds: 3600 })) as { id: string }).id;
+    },
+    allowUpstream,
     token: async (principalId, ttlSeconds = 300, now) => (await issueAccessToken(await ctx.signingKey(), ctx.tokenSettings, principalId, ttlSeconds, now)).token,
     close: async () => {
       await assembled.gateway.app.close();

@@ -36,6 +36,7 @@ describe('gateway on the embedded default (PGlite, local log, in-process cache)'
     h = await createHarness({ extraUpstreams: [{ name: 'down', url: 'http://127.0.0.1:9/base', timeoutMs: 2_000 }] });
     agent = await h.registerAgent();
     await h.grant(agent, ['api:external/echo', 'api:external/down'], ['read']);
+    await h.op('allowlist.create', { principalId: agent, pattern: 'http://127.0.0.1:9/base/**', patternType: 'glob' });
     token = await h.token(agent);
   });
   afterAll(async () => h?.close());
@@ -87,6 +88,7 @@ describe('gateway on the embedded default (PGlite, local log, in-process cache)'
 
   it('denies a principal with no policy and a token for a principal that does not exist', async () => {
     const bare = await h.registerAgent();
+    await h.allowUpstream(bare);
     expect((await call('GET', '/proxy/echo/x', { authorization: `Bearer ${await h.token(bare)}` })).json().reasons).toEqual(['no_policy']);
     const ghost = await h.token('0190f0f0-0000-7000-8000-000000000000');
     const response = await call('GET', '/proxy/echo/x', { authorization: `Bearer ${ghost}` });

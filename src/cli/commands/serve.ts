@@ -44,6 +44,7 @@ function banner(rt: CliRuntime, running: RunningGateway, config: Readonly<Caraca
     rt.out.line('  alias caracal="node $PWD/bin/caracal.js"');
     rt.out.line('  AGENT=$(caracal agent register --name my-agent --owner you@example.com --quiet)');
     rt.out.line('  caracal policy create --agent-id $AGENT --resources "api:external/echo" --actions read --max-validity 3600');
+    rt.out.line(`  caracal allowlist create --agent-id $AGENT --pattern "${config.gateway.upstreams[0]!.url}/**" --pattern-type glob`);
     rt.out.line('  TOKEN=$(caracal token issue --agent-id $AGENT)');
     rt.out.line(`  curl -s -H "authorization: Bearer $TOKEN" ${running.gatewayUrl}/proxy/echo/hello`);
   }
