@@ -5,12 +5,15 @@
  * hits both; medians are reported with the ratio b/a. With KAFKA_BROKERS/DATABASE_URL/REDIS_URL set,
  * (b) also runs on Kafka + PostgreSQL + Redis.
  *
+ * Peer e spreads the load over BENCH_PRINCIPALS (default 10000) principals with one token each,
+ * to show what the verified-token cache does (warm-up covers every token once).
  * Peers c and d break the cost down (BENCH_BREAKDOWN=0 skips them): c discards decision events
  * through a bench-only EventLog, d also replaces the WASM engine by an allow-all stub.
  *
  * Env: BENCH_SECONDS (default 8), BENCH_ROUNDS (3), BENCH_CONNECTIONS (50).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +26,9 @@ const serversJs = path.join(path.dirname(fileURLToPath(import.meta.url)), 'serve
 
 interface Started {
   child: ChildProcess;
-  info: { url: string; token?: string; backends?: Record<string, string> };
+  info: { url: string; token?: string; tokensFile?: string; backends?: Record<string, string> };
+  /** Many principals: one token per principal, cycled through by every connection. */
+  tokens?: string[];
 }
 
 function start(args: string[], env: NodeJS.ProcessEnv): Promise<Started> {
@@ -60,12 +65,16 @@ interface Sample {
   non2xx: number;
 }
 
-async function load(url: string, token: string | undefined, duration: number): Promise<Sample> {
+async function load(started: Started, duration: number): Promise<Sample> {
+  const { url, token } = started.info;
   const result = await autocannon({
     url: `${url}/proxy/echo/v1/chat/completions`,
     connections,
     duration,
     headers: token ? { authorization: `Bearer ${token}` } : {},
+    // Each connection walks the principals' tokens in turn (offset per connection by autocannon's
+    // request cycling), so the verified-token cache sees every principal.
+    ...(started.tokens ? { requests: started.tokens.map((t) => ({ method: 'GET' as const, headers: { authorization: `Bearer ${t}` } })) } : {}),
   });
   return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors: result.errors + result.timeouts, non2xx: result.non2xx };
 }
@@ -90,6 +99,18 @@ const peers: { name: string; started: Started }[] = [
   { name: 'a  bare @fastify/http-proxy', started: await start(['bare', upstream.info.url], embeddedEnv) },
   { name: 'b  caracal gateway (embedded: PGlite + local log)', started: await start(['gateway', upstream.info.url], embeddedEnv) },
 ];
+const principals = Number(process.env.BENCH_PRINCIPALS ?? 10_000);
+if (principals > 0) {
+  // The same gateway with its load spread over many principals, each with its own token.
+  const many = await start(['gateway', upstream.info.url, '--principals', String(principals)], embeddedEnv);
+  many.tokens = JSON.parse(readFileSync(many.info.tokensFile!, 'utf8')) as string[];
+  peers.push({ name: `e  gateway, ${principals} distinct principals`, started: many });
+  if (process.env.BENCH_NO_CACHE_PEER !== '0') {
+    const uncached = await start(['gateway', upstream.info.url, '--principals', String(principals), '--no-token-cache'], embeddedEnv);
+    uncached.tokens = JSON.parse(readFileSync(uncached.info.tokensFile!, 'utf8')) as string[];
+    peers.push({ name: `f  as e, verified-token cache off`, started: uncached });
+  }
+}
 if (process.env.BENCH_BREAKDOWN !== '0') {
   // Where the cost goes: the same gateway without durable recording, then also without WASM.
   peers.push({ name: 'c  gateway, decision events discarded', started: await start(['gateway', upstream.info.url, '--discard-events'], embeddedEnv) });
@@ -102,11 +123,11 @@ if (process.env.KAFKA_BROKERS && process.env.DATABASE_URL) {
 
 try {
   // Warm-up: JIT, connection pools, the verified-token cache.
-  for (const peer of peers) await load(peer.started.info.url, peer.started.info.token, 2);
+  for (const peer of peers) await load(peer.started, peer.started.tokens ? 6 : 2);
   const samples = new Map<string, Sample[]>(peers.map((p) => [p.name, []]));
   for (let round = 0; round < rounds; round++) {
     for (const peer of peers) {
-      const sample = await load(peer.started.info.url, peer.started.info.token, seconds);
+      const sample = await load(peer.started, seconds);
       samples.get(peer.name)!.push(sample);
       process.stderr.write(`round ${round + 1}/${rounds} ${peer.name}: ${sample.rps.toFixed(0)} rps\n`);
     }

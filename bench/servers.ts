@@ -4,7 +4,7 @@
  * `{url, token?}` when ready and runs until SIGTERM.
  */
 import http from 'node:http';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -44,7 +44,11 @@ if (role === 'upstream') {
   const config = loadConfig({
     env: { ...process.env, CARACAL_HOME: home, CARACAL_GATEWAY_PORT: '0', CARACAL_ADMIN_PORT: '0', CARACAL_METRICS_PORT: '0', CARACAL_LOG_LEVEL: 'warn' },
     cwd: home,
-    overrides: { gateway: { upstreams: [{ name: 'echo', url: upstreamUrl! }] } },
+    overrides: {
+      gateway: { upstreams: [{ name: 'echo', url: upstreamUrl! }] },
+      // --no-token-cache: every request pays the ES256 verification (what the cache saves).
+      ...(flags.includes('--no-token-cache') ? { auth: { verifiedTokenCacheSize: 0 } } : {}),
+    },
   });
   // Cost breakdown peers: --discard-events (no durable decision record), --allow-all (no WASM).
   const allowAll: PolicyEvaluator = { revision: 'allow-all', evaluate: () => ({ allow: true, reasons: [], policyIds: [], outcome: 'result' }) };
@@ -56,10 +60,34 @@ if (role === 'upstream') {
   });
   const agent = (await runOperation(running.ctx, 'agent.register', { name: 'bench-agent', owner: 'bench@example.com' })) as { id: string };
   await runOperation(running.ctx, 'policy.create', { principalId: agent.id, resources: ['api:external/*'], actions: ['read', 'write'], maxValiditySeconds: 3600 });
-  const { token } = await issueAccessToken(await running.ctx.signingKey(), running.ctx.tokenSettings, agent.id, 3600);
-  ready({ url: running.gatewayUrl, token, backends: { db: running.ctx.db.kind, events: (await running.ctx.events()).kind } });
+  await runOperation(running.ctx, 'allowlist.create', { principalId: agent.id, pattern: `${upstreamUrl}/**`, patternType: 'glob' });
+  const key = await running.ctx.signingKey();
+  const { token } = await issueAccessToken(key, running.ctx.tokenSettings, agent.id, 3600);
+  // --principals N: N more principals, each with a policy, an allowlist entry and its own token
+  // (bulk SQL: a bench shortcut), so the load spreads over N verified-token cache entries.
+  const many = Number(flags[flags.indexOf('--principals') + 1] ?? 0);
+  let tokensFile: string | undefined;
+  if (flags.includes('--principals') && many > 0) {
+    const db = running.ctx.db;
+    await db.query(`INSERT INTO principals (id, name, owner) SELECT 'bench-' || g, 'bench-agent-' || g, 'bench@example.com' FROM generate_series(1, $1::int) g`, [many]);
+    await db.query(
+      `INSERT INTO authority_policies (id, principal_id, resources, actions, max_validity_seconds)
+       SELECT 'bench-policy-' || g, 'bench-' || g, ARRAY['api:external/*'], ARRAY['read','write'], 3600 FROM generate_series(1, $1::int) g`,
+      [many],
+    );
+    await db.query(
+      `INSERT INTO allowlist_entries (id, principal_id, pattern, pattern_type)
+       SELECT 'bench-allow-' || g, 'bench-' || g, $2, 'glob' FROM generate_series(1, $1::int) g`,
+      [many, `${upstreamUrl}/**`],
+    );
+    const tokens: string[] = [];
+    for (let i = 1; i <= many; i++) tokens.push((await issueAccessToken(key, running.ctx.tokenSettings, `bench-${i}`, 3600)).token);
+    tokensFile = path.join(home, 'tokens.json');
+    writeFileSync(tokensFile, JSON.stringify(tokens));
+  }
+  ready({ url: running.gatewayUrl, token, tokensFile, backends: { db: running.ctx.db.kind, events: (await running.ctx.events()).kind } });
   onTerm(() => running.close());
 } else {
-  process.stderr.write('usage: servers.js upstream | bare <url> | gateway <url> [--discard-events] [--allow-all]\n');
+  process.stderr.write('usage: servers.js upstream | bare <url> | gateway <url> [--discard-events] [--allow-all] [--principals N]\n');
   process.exit(2);
 }
