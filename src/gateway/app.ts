@@ -7,7 +7,9 @@ import type { EventPublisher } from '../events/publisher.js';
 import type { EmergencyState } from '../authority/emergency.js';
 import type { AuthorityFacts } from '../authority/facts.js';
 import type { RevocationSet } from '../authority/revocations.js';
+import type { IssuedMandate } from '../authority/mandates.js';
 import { TokenRejected, type VerifiedToken } from '../authority/tokens.js';
+import { z } from 'zod';
 import type { Authenticator, AuthResult } from './authenticate.js';
 import { clientErrorHandler, gatewayServerFactory } from './listener.js';
 import type { Logger } from '../logging/logger.js';
@@ -40,6 +42,8 @@ export interface GatewayDeps {
   revocations: RevocationSet;
   emergency: EmergencyState;
   allowlist: AllowlistChecker;
+  /** Issues a child of an already verified parent mandate (src/authority/mandates.ts rules). */
+  delegate: (parent: VerifiedToken, args: { parentId: string; principalId: string; resources: string[]; actions: string[]; validitySeconds: number }) => Promise<IssuedMandate>;
   /** Verifies a Caracal mandate presented next to another credential (→ TokenRejected). */
   verifyMandate: (token: string) => Promise<VerifiedToken>;
   authenticator: Authenticator;
@@ -63,6 +67,16 @@ declare module 'fastify' {
     caracal: RequestState;
   }
 }
+
+const DelegationRequest = z
+  .object({
+    parent: z.string().min(1).max(64).optional(),
+    agent_id: z.string().min(1).max(64),
+    resources: z.array(z.string()).min(1).max(256),
+    actions: z.array(z.string()).min(1).max(64),
+    validity: z.number().int().min(1).max(365 * 86_400),
+  })
+  .strict();
 
 /**
  * Never forwarded: the agent's credentials (bearer, cookies, its mandate) and certificate headers
@@ -136,6 +150,28 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
   app.get('/.well-known/jwks.json', async (_request, reply) => {
     reply.header('cache-control', 'public, max-age=60');
     return deps.jwks();
+  });
+
+  // Agents delegate to sub-agents themselves: the bearer must be the parent mandate (holding it is
+  // what proves being its subject); scope, time and depth rules are those of `mandate delegate`.
+  app.post('/v1/mandates/delegate', { bodyLimit: 64 * 1024 }, async (request, reply) => {
+    if (closing) throw new CaracalError('CARACAL_SHUTTING_DOWN');
+    const auth = await deps.authenticator.authenticate(request);
+    const parent = auth.token;
+    if (!parent?.mandate) throw new CaracalError('CARACAL_POLICY_DENIED', 'delegation needs the parent mandate as the bearer token', { reasons: ['mandate_required'] });
+    const subjects = [auth.principalId, ...parent.mandate.chain.map((link) => link.sub)];
+    const stopped = deps.emergency.flags(subjects);
+    if (stopped.global || stopped.principal) throw new CaracalError('CARACAL_POLICY_DENIED', 'an emergency stop is in force', { reasons: ['emergency_stop'] });
+    const body = DelegationRequest.parse(request.body ?? {});
+    const issued = await deps.delegate(parent, {
+      parentId: body.parent ?? parent.tokenId,
+      principalId: body.agent_id,
+      resources: body.resources,
+      actions: body.actions,
+      validitySeconds: body.validity,
+    });
+    reply.code(201);
+    return issued;
   });
 
   async function recordDecision(request: FastifyRequest, data: Omit<DecisionData, 'request_id' | 'method' | 'path' | 'bundle_revision'>): Promise<void> {

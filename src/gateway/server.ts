@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { AuthorityFacts } from '../authority/facts.js';
 import { verificationKeys } from '../authority/keys.js';
 import { EmergencyState } from '../authority/emergency.js';
+import { delegateMandate } from '../authority/mandates.js';
 import { RevocationSet } from '../authority/revocations.js';
 import { TokenVerifier, VerifiedTokenCache } from '../authority/tokens.js';
 import { createAllowlistChecker } from './allowlist-checker.js';
@@ -117,6 +118,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     emergency,
     allowlist,
     verifyMandate: (token) => bearer.verifyToken(token),
+    delegate: async (parent, args) => delegateMandate(ctx.db, ring.current, ctx.tokenSettings, parent, args),
     authenticator: ChainAuthenticator.fromConfig({
       config,
       db: ctx.db,

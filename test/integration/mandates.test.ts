@@ -81,6 +81,39 @@ describe('mandates and delegation', () => {
     expect((await refusal(delegate(narrowed, { principalId: grandchild, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 60 }))).reasons).toEqual(['delegation_depth']);
   });
 
+  it('lets an agent delegate through the gateway with its own mandate, under the same rules', async () => {
+    const parent = await issue({ principalId: root, resources: ['api:external/*'], actions: ['read', 'write'], validitySeconds: 600 });
+    const post = (token: string | null, body: unknown) =>
+      h.assembled.gateway.app.inject({ method: 'POST', url: '/v1/mandates/delegate', headers: token ? { authorization: `Bearer ${token}` } : {}, payload: body as object });
+    const created = await post(parent.token, { agent_id: child, resources: ['api:external/echo'], actions: ['read'], validity: 120 });
+    expect(created.statusCode).toBe(201);
+    const childMandate = created.json() as IssuedMandate;
+    expect(childMandate).toMatchObject({ principalId: child, parentId: parent.id, depth: 1 });
+    expect((await call(childMandate.token)).statusCode).toBe(200);
+
+    expect((await post(null, { agent_id: child, resources: ['api:external/echo'], actions: ['read'], validity: 60 })).statusCode).toBe(401);
+    const withAccess = await post(await h.token(root), { agent_id: child, resources: ['api:external/echo'], actions: ['read'], validity: 60 });
+    expect(withAccess.statusCode).toBe(403);
+    expect(withAccess.json().reasons).toEqual(['mandate_required']);
+    const widening = await post(parent.token, { agent_id: child, resources: ['api:external/**'], actions: ['read'], validity: 60 });
+    expect(widening.statusCode).toBe(403);
+    expect(widening.json().reasons).toEqual(['scope_widening']);
+    const tooDeep = await post(childMandate.token, { agent_id: grandchild, resources: ['api:external/echo'], actions: ['read'], validity: 60 });
+    expect(tooDeep.json().reasons).toEqual(['delegation_depth']);
+    // someone else's mandate named as parent while holding this one
+    const other = await issue({ principalId: root, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 600 });
+    expect((await post(parent.token, { parent: other.id, agent_id: child, resources: ['api:external/echo'], actions: ['read'], validity: 60 })).json().reasons).toEqual(['mandate_parent_mismatch']);
+    for (const bad of [{}, { agent_id: child, resources: 'x', actions: ['read'], validity: 60 }, { agent_id: child, resources: ['api:external/echo'], actions: ['read'], validity: 60, admin: true }]) {
+      const response = await post(parent.token, bad);
+      expect(response.statusCode).toBe(400);
+      expect(response.json().request_id).toBeTruthy();
+    }
+    const malformed = await h.assembled.gateway.app.inject({ method: 'POST', url: '/v1/mandates/delegate', headers: { authorization: `Bearer ${parent.token}`, 'content-type': 'application/json' }, payload: '{"agent_id":' });
+    expect(malformed.statusCode).toBe(400);
+    await h.op('mandate.revoke', { mandateId: parent.id });
+    expect((await post(parent.token, { agent_id: child, resources: ['api:external/echo'], actions: ['read'], validity: 60 })).json().reasons).toEqual(['mandate_revoked']);
+  });
+
   it('lets only the subject of the parent delegate it', async () => {
     const victims = await issue({ principalId: root, resources: ['api:external/*'], actions: ['read'], validitySeconds: 600 });
     const strangersOwn = await issue({ principalId: root, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 600 });
