@@ -2,32 +2,13 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/main.js';
-import { createOutput } from '../../src/cli/output.js';
-
-interface Run {
-  code: number;
-  out: string;
-  err: string;
-}
+import { cliRunner, expectOneLineError } from '../helpers/cli.js';
 
 describe('caracal CLI on the embedded default', () => {
   const home = mkdtempSync(path.join(tmpdir(), 'caracal-cli-'));
   const env = { CARACAL_HOME: home, CARACAL_LOG_LEVEL: 'silent' };
 
-  async function caracal(...args: string[]): Promise<Run> {
-    let out = '';
-    let err = '';
-    const code = await main(['node', 'caracal', ...args], { out: createOutput((t) => (out += t)), err: (t) => (err += t), env });
-    return { code, out, err };
-  }
-
-  function expectOneLineError(run: Run, pattern: RegExp): void {
-    expect(run.code).not.toBe(0);
-    expect(run.err.trimEnd().split('\n')).toHaveLength(1);
-    expect(run.err).toMatch(/^caracal: /);
-    expect(run.err).toMatch(pattern);
-  }
+  const caracal = cliRunner(() => env);
 
   let agentId: string;
   beforeAll(async () => {

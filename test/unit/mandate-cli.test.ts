@@ -3,24 +3,13 @@ import { mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/main.js';
-import { createOutput } from '../../src/cli/output.js';
+import { cliRunner, expectOneLineError } from '../helpers/cli.js';
 
 describe('caracal mandate / emergency / keys CLI', () => {
   const home = mkdtempSync(path.join(tmpdir(), 'caracal-mandate-cli-'));
   let env: Record<string, string> = { CARACAL_HOME: home, CARACAL_LOG_LEVEL: 'silent' };
 
-  async function caracal(...args: string[]) {
-    let out = '';
-    let err = '';
-    const code = await main(['node', 'caracal', ...args], { out: createOutput((t) => (out += t)), err: (t) => (err += t), env });
-    return { code, out, err };
-  }
-  function oneLineError(run: { code: number; err: string }, pattern: RegExp) {
-    expect(run.code).not.toBe(0);
-    expect(run.err.trimEnd().split('\n')).toHaveLength(1);
-    expect(run.err).toMatch(pattern);
-  }
+  const caracal = cliRunner(() => env);
 
   let agent: string;
   let child: string;
@@ -47,21 +36,21 @@ describe('caracal mandate / emergency / keys CLI', () => {
   });
 
   it('answers bad mandate input with one line and a non-zero exit', async () => {
-    oneLineError(await caracal('mandate', 'issue', '--agent-id', agent, '--resources', 'mcp:github/*', '--actions', 'read', '--validity', '60'), /exceeds the principal's authority policy \(resources mcp:github\/\*\)/);
-    oneLineError(await caracal('mandate', 'issue', '--agent-id', agent, '--resources', 'api:external/echo', '--actions', 'read', '--validity', '7200'), /exceeds the policy's max-validity 3600s/);
-    oneLineError(await caracal('mandate', 'issue', '--agent-id', agent, '--resources', 'api:external/echo', '--actions', 'read', '--validity', 'soon'), /--validity must be a positive integer/);
-    oneLineError(await caracal('mandate', 'delegate', '--parent', 'x', '--agent-id', child, '--resources', 'api:external/echo', '--actions', 'read', '--validity', '60'), /needs the parent mandate/);
-    oneLineError(await caracal('mandate', 'delegate', '--parent', 'x', '--agent-id', child, '--resources', 'a:b', '--actions', 'read', '--validity', '60', '--parent-token', 'not.a.jwt'), /not a compact JWS|cannot be decoded/);
-    oneLineError(await caracal('mandate', 'revoke', '--mandate-id', '0190f0f0-0000-7000-8000-000000000000'), /not found/);
-    oneLineError(await caracal('mandate', 'revoke', '--mandate-id', "x'; drop table mandates;--"), /not a valid mandate id/);
+    expectOneLineError(await caracal('mandate', 'issue', '--agent-id', agent, '--resources', 'mcp:github/*', '--actions', 'read', '--validity', '60'), /exceeds the principal's authority policy \(resources mcp:github\/\*\)/);
+    expectOneLineError(await caracal('mandate', 'issue', '--agent-id', agent, '--resources', 'api:external/echo', '--actions', 'read', '--validity', '7200'), /exceeds the policy's max-validity 3600s/);
+    expectOneLineError(await caracal('mandate', 'issue', '--agent-id', agent, '--resources', 'api:external/echo', '--actions', 'read', '--validity', 'soon'), /--validity must be a positive integer/);
+    expectOneLineError(await caracal('mandate', 'delegate', '--parent', 'x', '--agent-id', child, '--resources', 'api:external/echo', '--actions', 'read', '--validity', '60'), /needs the parent mandate/);
+    expectOneLineError(await caracal('mandate', 'delegate', '--parent', 'x', '--agent-id', child, '--resources', 'a:b', '--actions', 'read', '--validity', '60', '--parent-token', 'not.a.jwt'), /not a compact JWS|cannot be decoded/);
+    expectOneLineError(await caracal('mandate', 'revoke', '--mandate-id', '0190f0f0-0000-7000-8000-000000000000'), /not found/);
+    expectOneLineError(await caracal('mandate', 'revoke', '--mandate-id', "x'; drop table mandates;--"), /not a valid mandate id/);
   });
 
   it('stops and resumes in an emergency, with clear errors', async () => {
     expect((await caracal('emergency', 'stop', '--agent-id', agent, '--reason', 'drill')).out).toContain(`principal ${agent}`);
     expect(JSON.parse((await caracal('emergency', 'status', '--json')).out)).toEqual([expect.objectContaining({ scope: agent, reason: 'drill' })]);
     expect((await caracal('emergency', 'resume', '--agent-id', agent)).code).toBe(0);
-    oneLineError(await caracal('emergency', 'resume'), /no emergency stop in force/);
-    oneLineError(await caracal('emergency', 'stop', '--agent-id', '0190f0f0-0000-7000-8000-000000000000'), /not found/);
+    expectOneLineError(await caracal('emergency', 'resume'), /no emergency stop in force/);
+    expectOneLineError(await caracal('emergency', 'stop', '--agent-id', '0190f0f0-0000-7000-8000-000000000000'), /not found/);
   });
 
   it('generates a signing key file readable only by its owner, and never overwrites one', async () => {
@@ -69,6 +58,6 @@ describe('caracal mandate / emergency / keys CLI', () => {
     const run = await caracal('keys', 'generate', '--out', file);
     expect(run.out).toMatch(/^wrote .*next\.pem kid=[A-Za-z0-9_-]{43}\n$/);
     expect(statSync(file).mode & 0o777).toBe(0o600);
-    oneLineError(await caracal('keys', 'generate', '--out', file), /exists; refusing to overwrite/);
+    expectOneLineError(await caracal('keys', 'generate', '--out', file), /exists; refusing to overwrite/);
   });
 });
