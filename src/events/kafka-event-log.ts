@@ -60,6 +60,19 @@ function kafkaErrorType(err: unknown, depth = 0): string | undefined {
   return undefined;
 }
 
+/** Kafka's "ask again, the group coordinator is moving or loading" answers. */
+const COORDINATOR_CHURN = new Set(['NOT_COORDINATOR_FOR_GROUP', 'GROUP_COORDINATOR_NOT_AVAILABLE', 'GROUP_LOAD_IN_PROGRESS', 'COORDINATOR_LOAD_IN_PROGRESS']);
+
+export function isCoordinatorChurn(err: unknown): boolean {
+  // kafkajs may wrap the protocol error (retries exhausted): look down the chain, bounded.
+  let current = err as { type?: string; originalError?: unknown; cause?: unknown } | undefined;
+  for (let depth = 0; current && depth < 4; depth++) {
+    if (current.type && COORDINATOR_CHURN.has(current.type)) return true;
+    current = (current.originalError ?? current.cause) as typeof current;
+  }
+  return false;
+}
+
 function dependency(op: string, err: unknown): CaracalError {
   if (err instanceof CaracalError) return err;
   const message = `kafka ${op}: ${(err as Error)?.message ?? String(err)}`;
@@ -309,24 +322,34 @@ export class KafkaEventLog implements EventLog {
 
   async consumerLag(groupId: string, topics: string[]): Promise<PartitionLag[]> {
     await this.requireTopics(topics);
-    try {
-      const committed = await this.admin.fetchOffsets({ groupId, topics });
-      const result: PartitionLag[] = [];
-      for (const topic of topics) {
-        const byPartition = new Map((committed.find((entry) => entry.topic === topic)?.partitions ?? []).map((p) => [p.partition, p.offset]));
-        const ends = (await this.admin.fetchTopicOffsets(topic)).sort((a, b) => a.partition - b.partition);
-        for (const end of ends) {
-          const raw = byPartition.get(end.partition);
-          // kafkajs reports "-1" for a partition the group never committed.
-          const committedOffset = raw === undefined || BigInt(raw) < 0n ? null : raw;
-          const from = BigInt(committedOffset ?? end.low);
-          result.push({ topic, partition: end.partition, committed: committedOffset, end: end.high, lag: Number(BigInt(end.high) - from) });
-        }
+    // Right after a broker starts (or a coordinator moves) OffsetFetch answers NOT_COORDINATOR /
+    // COORDINATOR_LOAD_IN_PROGRESS, and kafkajs' admin does not retry those itself: retry them here,
+    // bounded (8 attempts, ~5 s), anything else fails at once.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.readLag(groupId, topics);
+      } catch (err) {
+        if (attempt >= 7 || !isCoordinatorChurn(err)) throw dependency('consumerLag', err);
+        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 1_500)));
       }
-      return result;
-    } catch (err) {
-      throw dependency('consumerLag', err);
     }
+  }
+
+  private async readLag(groupId: string, topics: string[]): Promise<PartitionLag[]> {
+    const committed = await this.admin.fetchOffsets({ groupId, topics });
+    const result: PartitionLag[] = [];
+    for (const topic of topics) {
+      const byPartition = new Map((committed.find((entry) => entry.topic === topic)?.partitions ?? []).map((p) => [p.partition, p.offset]));
+      const ends = (await this.admin.fetchTopicOffsets(topic)).sort((a, b) => a.partition - b.partition);
+      for (const end of ends) {
+        const raw = byPartition.get(end.partition);
+        // kafkajs reports "-1" for a partition the group never committed.
+        const committedOffset = raw === undefined || BigInt(raw) < 0n ? null : raw;
+        const from = BigInt(committedOffset ?? end.low);
+        result.push({ topic, partition: end.partition, committed: committedOffset, end: end.high, lag: Number(BigInt(end.high) - from) });
+      }
+    }
+    return result;
   }
 
   async ping(): Promise<void> {
