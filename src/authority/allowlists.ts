@@ -1,4 +1,5 @@
 import micromatch from 'micromatch';
+import { InvalidatingCache } from '../util/invalidating-cache.js';
 import { z } from 'zod';
 import { CaracalError } from '../errors/catalog.js';
 import type { Logger } from '../logging/logger.js';
@@ -276,19 +277,18 @@ function compileGlob(pattern: string): Compiled {
  * deleted entry cannot come back from a slow query. An unknown principal loads as "no entries".
  */
 export class AllowlistMatcher {
-  private readonly known = new Map<string, readonly CompiledAllowlistEntry[]>();
-  private readonly loading = new Map<string, Promise<readonly CompiledAllowlistEntry[]>>();
-  /** Bumped by `invalidate` so a load that started before a change cannot store stale entries. */
-  private readonly generations = new Map<string, number>();
+  private readonly cache: InvalidatingCache<readonly CompiledAllowlistEntry[]>;
 
   constructor(
     private readonly db: Queryable,
     private readonly whenEmpty: AllowlistWhenEmpty,
     private readonly options: { logger?: Logger; maxPrincipals?: number } = {},
-  ) {}
+  ) {
+    this.cache = new InvalidatingCache((principalId) => this.fetch(principalId), { maxEntries: options.maxPrincipals ?? 1_000_000 });
+  }
 
   isLoaded(principalId: string): boolean {
-    return this.known.has(principalId);
+    return this.cache.peek(principalId) !== undefined;
   }
 
   /**
@@ -296,55 +296,37 @@ export class AllowlistMatcher {
    * caller, never a verdict) when `load` has not completed for it.
    */
   check(principalId: string, url: string): AllowlistTestResult {
-    const entries = this.known.get(principalId);
+    const entries = this.cache.peek(principalId)?.value;
     if (!entries) throw new CaracalError('CARACAL_NOT_READY', `allowlist of principal ${principalId} is not loaded`);
     return testUrl(entries, url, this.whenEmpty);
   }
 
   /** `load` then `check`, immune to the principal being evicted in between. */
   async checkAsync(principalId: string, url: string): Promise<AllowlistTestResult> {
-    const entries = this.known.get(principalId) ?? (await this.load(principalId));
-    return testUrl(entries, url, this.whenEmpty);
+    return testUrl(await this.cache.get(principalId), url, this.whenEmpty);
   }
 
   /** Loads (once; concurrent callers share the query) and returns the principal's compiled entries. */
   load(principalId: string): Promise<readonly CompiledAllowlistEntry[]> {
-    const known = this.known.get(principalId);
-    if (known) return Promise.resolve(known);
-    const pending = this.loading.get(principalId);
-    if (pending) return pending;
-    const load = this.fetch(principalId).finally(() => {
-      if (this.loading.get(principalId) === load) this.loading.delete(principalId);
-    });
-    this.loading.set(principalId, load);
-    return load;
+    return this.cache.get(principalId);
   }
 
-  /** The principal's allowlist changed: forget it; the next `load` reads it again. */
+  /** The principal's allowlist changed: forget it; a load already running is redone. */
   invalidate(principalId: string): void {
-    // Only a load in flight can be stale; without one, nothing needs to remember the change.
-    if (this.loading.has(principalId)) this.generations.set(principalId, (this.generations.get(principalId) ?? 0) + 1);
-    else this.generations.delete(principalId);
-    this.known.delete(principalId);
-    this.loading.delete(principalId);
+    this.cache.invalidate(principalId);
   }
 
   /** Forget everything (tests, or after a restore). */
   clear(): void {
-    for (const principalId of [...this.known.keys(), ...this.loading.keys()]) this.invalidate(principalId);
+    this.cache.clear();
   }
 
   private async fetch(principalId: string): Promise<readonly CompiledAllowlistEntry[]> {
-    const generation = this.generations.get(principalId);
     const rows = await listAllowlistEntries(this.db, { principalId });
-    if (this.generations.get(principalId) !== generation) return this.load(principalId);
     const compiled = Object.freeze(rows.map(compileAllowlistEntry));
     for (const bad of compiled.filter((c) => c.matches === null)) {
       this.options.logger?.warn({ agent_id: principalId, entry_id: bad.entry.id, problem: bad.problem }, 'allowlist entry does not compile; it never matches');
     }
-    const max = this.options.maxPrincipals ?? 1_000_000;
-    if (this.known.size >= max) this.known.delete(this.known.keys().next().value!);
-    this.known.set(principalId, compiled);
     this.options.logger?.debug({ agent_id: principalId, entries: compiled.length }, 'allowlist loaded');
     return compiled;
   }

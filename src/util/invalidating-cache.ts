@@ -1,0 +1,95 @@
+/**
+ * A bounded, per-key cache of values loaded from the database, for the gateway's in-memory views
+ * (principal facts, allowlists). Reads are synchronous when the value is there; concurrent misses
+ * for one key share one load; `invalidate` (called on agent.lifecycle events) drops the value and
+ * makes any load that started before it start again, so a slow query can never store what the
+ * change replaced.
+ */
+export interface CachedEntry<V> {
+  readonly value: V;
+  /** Epoch ms after which the entry is stale; Infinity = until invalidated. */
+  readonly until: number;
+}
+
+export interface InvalidatingCacheOptions<V> {
+  maxEntries?: number;
+  /** How long a loaded value stays (e.g. short for "does not exist"); default until invalidated. */
+  ttlMs?: (value: V) => number;
+}
+
+export class InvalidatingCache<V> {
+  private readonly entries = new Map<string, CachedEntry<V>>();
+  private readonly loading = new Map<string, Promise<V>>();
+  /** Monotonic clock of invalidations: a load that began before its key's last one is stale. */
+  private clock = 0;
+  private readonly invalidatedAt = new Map<string, number>();
+  private clearedAt = 0;
+  private readonly maxEntries: number;
+
+  constructor(
+    private readonly loader: (key: string) => Promise<V>,
+    private readonly options: InvalidatingCacheOptions<V> = {},
+  ) {
+    this.maxEntries = options.maxEntries ?? 1_000_000;
+  }
+
+  /** The cached entry, or undefined when absent or expired (no load is started). */
+  peek(key: string): CachedEntry<V> | undefined {
+    const entry = this.entries.get(key);
+    if (entry && entry.until <= Date.now()) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  get(key: string): Promise<V> {
+    const entry = this.peek(key);
+    return entry ? Promise.resolve(entry.value) : this.load(key);
+  }
+
+  /** Loads the key (sharing a load already in flight) and caches the result. */
+  load(key: string): Promise<V> {
+    const pending = this.loading.get(key);
+    if (pending) return pending;
+    const startedAt = this.clock;
+    const load: Promise<V> = this.loader(key)
+      .then((value) => {
+        if ((this.invalidatedAt.get(key) ?? 0) > startedAt || this.clearedAt > startedAt) return this.load(key);
+        const ttl = this.options.ttlMs?.(value) ?? Infinity;
+        this.entries.delete(key);
+        if (this.entries.size >= this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
+        this.entries.set(key, { value, until: ttl === Infinity ? Infinity : Date.now() + ttl });
+        return value;
+      })
+      .finally(() => {
+        if (this.loading.get(key) === load) this.loading.delete(key);
+      });
+    this.loading.set(key, load);
+    return load;
+  }
+
+  invalidate(key: string): void {
+    this.clock++;
+    if (this.invalidatedAt.size >= this.maxEntries) {
+      // Bounded memory: forgetting per-key marks is safe once every older load counts as stale.
+      this.invalidatedAt.clear();
+      this.clearedAt = this.clock;
+    }
+    this.invalidatedAt.set(key, this.clock);
+    this.entries.delete(key);
+    this.loading.delete(key);
+  }
+
+  clear(): void {
+    this.clock++;
+    this.clearedAt = this.clock;
+    this.invalidatedAt.clear();
+    this.entries.clear();
+    this.loading.clear();
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
