@@ -116,7 +116,8 @@ async function insert(db: Queryable, m: Mandate): Promise<Mandate> {
   return toMandate(rows[0]!);
 }
 
-async function activePrincipal(db: Queryable, id: string, role: string) {
+/** The principal, which must exist and be active (else NOT_FOUND / PRINCIPAL_SUSPENDED). */
+export async function activePrincipal(db: Queryable, id: string, role: string) {
   const principal = await findPrincipal(db, id);
   if (!principal) throw new CaracalError('CARACAL_NOT_FOUND', `${role} principal ${id} not found`);
   if (principal.status !== 'active') throw new CaracalError('CARACAL_PRINCIPAL_SUSPENDED', `${role} principal ${id} is suspended`);

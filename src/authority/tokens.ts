@@ -102,7 +102,10 @@ export class TokenVerifier {
 
   /** Is the key that signed a (cached) token still trusted now? */
   keyTrusted(kid: string, nowSeconds: number): boolean {
-    return verificationKeys(this.ring, nowSeconds).some((key) => key.kid === kid);
+    // On every cached-token hit: no allocation.
+    if (kid === this.ring.current.kid) return true;
+    for (const previous of this.ring.previous) if (previous.key.kid === kid && previous.validUntil > nowSeconds) return true;
+    return false;
   }
 
   async verify(token: string): Promise<VerifiedToken> {

@@ -1,9 +1,8 @@
 import { z } from 'zod';
-import { AuthorityFacts } from '../authority/facts.js';
+import { activePrincipal } from '../authority/mandates.js';
 import { CreatePolicyArgs, createPolicy, listPolicies } from '../authority/policies.js';
 import { PrincipalId, PrincipalStatus, RegisterPrincipalArgs, getPrincipal, listPrincipals, registerPrincipal, setPrincipalStatus } from '../authority/principals.js';
 import { issueAccessToken } from '../authority/tokens.js';
-import { CaracalError } from '../errors/catalog.js';
 import { announced, op } from './define.js';
 
 const ById = z.object({ id: PrincipalId }).strict();
@@ -62,9 +61,7 @@ export const AUTHORITY_OPERATIONS = {
     description: 'Mint a short-lived ES256 access token for an active principal',
     args: z.object({ principalId: PrincipalId, ttlSeconds: z.coerce.number().int().min(1).max(86_400).optional() }).strict(),
     run: async (ctx, { principalId, ttlSeconds }) => {
-      const facts = await new AuthorityFacts(ctx.db, ctx.logger).get(principalId);
-      if (!facts) throw new CaracalError('CARACAL_NOT_FOUND', `principal ${principalId} not found`);
-      if (facts.principal.status !== 'active') throw new CaracalError('CARACAL_PRINCIPAL_SUSPENDED', `principal ${principalId} is suspended`);
+      await activePrincipal(ctx.db, principalId, 'the');
       return issueAccessToken(await ctx.signingKey(), ctx.tokenSettings, principalId, ttlSeconds ?? ctx.config.auth.tokenTtlSeconds);
     },
   }),

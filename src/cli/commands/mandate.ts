@@ -26,56 +26,48 @@ function printIssued(runtime: CliRuntime, issued: IssuedMandate, options: { json
   printRecord(runtime.out, { ...mandate, token });
 }
 
+/** The options every grant takes: who, which scope, how long, and the output form. */
+function grantOptions(command: Command, help: { agent: string; within: string; validity: string }): Command {
+  return command
+    .requiredOption('--agent-id <id>', help.agent)
+    .requiredOption('--resources <patterns...>', `resource patterns ${help.within}`)
+    .requiredOption('--actions <actions...>', `actions ${help.within}`)
+    .requiredOption('--validity <seconds>', help.validity)
+    .option('--json', 'print JSON')
+    .option('-q, --quiet', 'print only the token');
+}
+
+function grantArgs(options: { agentId: string; resources: string[]; actions: string[]; validity: string }) {
+  return { principalId: options.agentId, resources: options.resources, actions: options.actions, validitySeconds: positiveInt('--validity', options.validity) };
+}
+
 export function registerMandateCommands(program: Command, rt: () => CliRuntime): void {
   const mandate = program.command('mandate').description('mandates: scoped, signed, delegable grants of authority');
 
-  mandate
-    .command('issue')
-    .description("issue a root mandate within the principal's authority policy")
-    .requiredOption('--agent-id <id>', 'the subject')
-    .requiredOption('--resources <patterns...>', 'resource patterns within the policy')
-    .requiredOption('--actions <actions...>', 'actions within the policy')
-    .requiredOption('--validity <seconds>', 'lifetime, at most the policy max-validity')
-    .option('--json', 'print JSON')
-    .option('-q, --quiet', 'print only the token')
-    .action(async (options) => {
-      const runtime = rt();
-      const issued = await runtime.operation<IssuedMandate>('mandate.issue', {
-        principalId: options.agentId,
-        resources: options.resources,
-        actions: options.actions,
-        validitySeconds: positiveInt('--validity', options.validity),
-      });
-      printIssued(runtime, issued, options);
-    });
+  grantOptions(
+    mandate.command('issue').description("issue a root mandate within the principal's authority policy"),
+    { agent: 'the subject', within: 'within the policy', validity: 'lifetime, at most the policy max-validity' },
+  ).action(async (options) => {
+    const runtime = rt();
+    printIssued(runtime, await runtime.operation<IssuedMandate>('mandate.issue', grantArgs(options)), options);
+  });
 
-  mandate
-    .command('delegate')
-    .description('delegate a narrower mandate; needs the parent mandate itself (only its subject holds it)')
-    .requiredOption('--parent <jti>', 'the parent mandate id')
-    .requiredOption('--agent-id <id>', 'the delegate')
-    .requiredOption('--resources <patterns...>', 'within the parent scope')
-    .requiredOption('--actions <actions...>', 'within the parent scope')
-    .requiredOption('--validity <seconds>', 'lifetime, ending no later than the parent')
-    .option('--parent-token <jwt>', 'the parent mandate (default: env CARACAL_MANDATE)')
-    .option('--json', 'print JSON')
-    .option('-q, --quiet', 'print only the token')
-    .action(async (options) => {
-      const runtime = rt();
-      const parentToken = options.parentToken ?? process.env.CARACAL_MANDATE;
-      if (!parentToken) {
-        throw new CaracalError('CARACAL_USAGE', 'delegation needs the parent mandate (--parent-token or env CARACAL_MANDATE): only its subject may delegate');
-      }
-      const issued = await runtime.operation<IssuedMandate>('mandate.delegate', {
-        parentToken,
-        parentId: options.parent,
-        principalId: options.agentId,
-        resources: options.resources,
-        actions: options.actions,
-        validitySeconds: positiveInt('--validity', options.validity),
-      });
-      printIssued(runtime, issued, options);
-    });
+  grantOptions(
+    mandate
+      .command('delegate')
+      .description('delegate a narrower mandate; needs the parent mandate itself (only its subject holds it)')
+      .requiredOption('--parent <jti>', 'the parent mandate id')
+      .option('--parent-token <jwt>', 'the parent mandate (default: env CARACAL_MANDATE)'),
+    { agent: 'the delegate', within: 'within the parent scope', validity: 'lifetime, ending no later than the parent' },
+  ).action(async (options) => {
+    const runtime = rt();
+    const parentToken = options.parentToken ?? process.env.CARACAL_MANDATE;
+    if (!parentToken) {
+      throw new CaracalError('CARACAL_USAGE', 'delegation needs the parent mandate (--parent-token or env CARACAL_MANDATE): only its subject may delegate');
+    }
+    const issued = await runtime.operation<IssuedMandate>('mandate.delegate', { parentToken, parentId: options.parent, ...grantArgs(options) });
+    printIssued(runtime, issued, options);
+  });
 
   mandate
     .command('revoke')
