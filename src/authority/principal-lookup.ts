@@ -1,15 +1,10 @@
 import type { Queryable } from '../store/db.js';
-import { PrincipalId } from './principals.js';
+import { PrincipalId, findPrincipal } from './principals.js';
 
 /** The one column external identities need: a principal's id by its unique name. */
 export async function findPrincipalByName(db: Queryable, name: string): Promise<{ id: string } | null> {
   const { rows } = await db.query<{ id: string }>('SELECT id FROM principals WHERE name = $1', [name]);
   return rows[0] ?? null;
-}
-
-async function principalExists(db: Queryable, id: string): Promise<boolean> {
-  const { rows } = await db.query<{ id: string }>('SELECT id FROM principals WHERE id = $1', [id]);
-  return rows.length > 0;
 }
 
 export interface PrincipalLookupOptions {
@@ -59,7 +54,7 @@ export class PrincipalLookup {
     const pending = this.loading.get(key);
     if (pending) return pending;
     const load = (async () => {
-      const id = by === 'id' ? ((await principalExists(this.db, value)) ? value : null) : ((await findPrincipalByName(this.db, value))?.id ?? null);
+      const id = by === 'id' ? ((await findPrincipal(this.db, value)) ? value : null) : ((await findPrincipalByName(this.db, value))?.id ?? null);
       this.entries.set(key, { id, until: Date.now() + (id ? this.ttlMs : this.absentTtlMs) });
       if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
       return id;
