@@ -23,6 +23,54 @@ export const UpstreamSchema = z
     /** HTTP method → action; defaults map GET/HEAD/OPTIONS → read, DELETE → delete, others → write. */
     actionMap: z.record(z.string(), z.string().min(1)).optional(),
     timeoutMs: z.coerce.number().int().positive().default(30_000),
+    /**
+     * How the gateway reads this upstream: where the agents' SDKs put their credential, and how
+     * error bodies are shaped so those SDKs show them (`openai`, `anthropic`, `mcp`, plain `http`).
+     */
+    dialect: z.enum(['http', 'openai', 'anthropic', 'mcp']).default('http'),
+    /** Most open connections to this upstream; requests beyond it queue (one pool per upstream). */
+    maxConnections: z.coerce.number().int().min(1).max(10_000).default(128),
+    /**
+     * Extra attempts after a failed idempotent request (GET/HEAD/OPTIONS that could not connect or
+     * got 503). Off by default: one decision is one upstream call. Each attempt is counted.
+     */
+    retries: z.coerce.number().int().min(0).max(3).default(0),
+  })
+  .strict();
+
+/** A token bucket: `ratePerSecond` refills, `burst` is the bucket's size. */
+const RateLimitSchema = z
+  .object({
+    ratePerSecond: z.coerce.number().positive().max(1_000_000),
+    burst: z.coerce.number().int().min(1).max(1_000_000),
+  })
+  .strict();
+
+export const GatewayLimitsSchema = z
+  .object({
+    /** Per authenticated principal: requests in flight at once, and a request rate. */
+    perPrincipal: z
+      .object({
+        maxConcurrent: z.coerce.number().int().min(1).max(100_000).default(64),
+        rate: RateLimitSchema.default({ ratePerSecond: 200, burst: 400 }),
+      })
+      .strict()
+      .default({ maxConcurrent: 64, rate: { ratePerSecond: 200, burst: 400 } }),
+    /** Per client address, for requests that fail authentication (each one is still recorded). */
+    unauthenticatedPerSource: RateLimitSchema.default({ ratePerSecond: 20, burst: 60 }),
+  })
+  .strict();
+
+export const GatewayTimeoutsSchema = z
+  .object({
+    /** How long an idle keep-alive connection is kept after a response. */
+    keepAliveMs: z.coerce.number().int().min(100).max(600_000).default(5_000),
+    /** A client must send complete request headers within this time. */
+    headersMs: z.coerce.number().int().min(100).max(600_000).default(15_000),
+    /** A client must send its whole request (headers and body) within this time. */
+    requestMs: z.coerce.number().int().min(100).max(3_600_000).default(300_000),
+    /** A socket with no traffic at all (before, between or during requests) is closed after this. */
+    idleSocketMs: z.coerce.number().int().min(100).max(3_600_000).default(60_000),
   })
   .strict();
 
@@ -65,6 +113,12 @@ export const GatewayTlsSchema = z
     mapping: PrincipalMappingSchema.default({ by: 'name', stripPrefix: '' }),
   })
   .strict();
+
+const GATEWAY_LIMIT_DEFAULTS = {
+  perPrincipal: { maxConcurrent: 64, rate: { ratePerSecond: 200, burst: 400 } },
+  unauthenticatedPerSource: { ratePerSecond: 20, burst: 60 },
+};
+const GATEWAY_TIMEOUT_DEFAULTS = { keepAliveMs: 5_000, headersMs: 15_000, requestMs: 300_000, idleSocketMs: 60_000 };
 
 export const ConfigSchema = z
   .object({
@@ -111,9 +165,26 @@ export const ConfigSchema = z
         upstreams: z.array(UpstreamSchema).default([]),
         /** HTTPS (and mTLS) for agents; unset = plain HTTP (behind a TLS-terminating proxy, or local). */
         tls: GatewayTlsSchema.optional(),
+        limits: GatewayLimitsSchema.default(GATEWAY_LIMIT_DEFAULTS),
+        timeouts: GatewayTimeoutsSchema.default(GATEWAY_TIMEOUT_DEFAULTS),
+        /** Most agent connections open at once; further connections are refused. */
+        maxConnections: z.coerce.number().int().min(1).max(1_000_000).default(10_000),
+        /** One JSON line per request (method, path, status, upstream, principal, decision, duration). */
+        accessLog: z.boolean().default(true),
       })
       .strict()
-      .default({ host: '127.0.0.1', port: 8443, bodyLimitBytes: 10 * 1024 * 1024, maxHeaderBytes: 16 * 1024, shutdownGraceMs: 10_000, upstreams: [] }),
+      .default({
+        host: '127.0.0.1',
+        port: 8443,
+        bodyLimitBytes: 10 * 1024 * 1024,
+        maxHeaderBytes: 16 * 1024,
+        shutdownGraceMs: 10_000,
+        upstreams: [],
+        limits: GATEWAY_LIMIT_DEFAULTS,
+        timeouts: GATEWAY_TIMEOUT_DEFAULTS,
+        maxConnections: 10_000,
+        accessLog: true,
+      }),
     admin: z
       .object({
         host: z.string().min(1).default('127.0.0.1'),
@@ -166,6 +237,8 @@ export const ConfigSchema = z
 
 export type CaracalConfig = z.infer<typeof ConfigSchema>;
 export type UpstreamConfig = z.infer<typeof UpstreamSchema>;
+export type UpstreamDialect = UpstreamConfig['dialect'];
+export type GatewayLimits = z.infer<typeof GatewayLimitsSchema>;
 
 /** Environment variables and the config key each one sets. */
 export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { CaracalConfig } from '../../config/schema.js';
+import { UpstreamSchema, type CaracalConfig } from '../../config/schema.js';
 import { startEchoUpstream, type EchoUpstream } from '../../dev/echo-upstream.js';
 import { startGateway, type RunningGateway } from '../../gateway/server.js';
 import type { CliRuntime } from '../runtime.js';
@@ -75,7 +75,7 @@ export function registerServeCommands(program: Command, rt: () => CliRuntime): v
       // With no upstream configured, serve a local echo upstream so the walkthrough works offline.
       if (config.gateway.upstreams.length === 0) {
         echo = await startEchoUpstream();
-        config = { ...config, gateway: { ...config.gateway, upstreams: [{ name: 'echo', url: echo.url, timeoutMs: 30_000 }] } };
+        config = { ...config, gateway: { ...config.gateway, upstreams: [UpstreamSchema.parse({ name: 'echo', url: echo.url })] } };
       }
       const running = await startGateway(config).catch(async (err) => {
         await echo?.close();
