@@ -9,7 +9,6 @@ import type { AuthorityFacts } from '../authority/facts.js';
 import type { RevocationSet } from '../authority/revocations.js';
 import type { IssuedMandate } from '../authority/mandates.js';
 import { TokenRejected, type VerifiedToken } from '../authority/tokens.js';
-import { z } from 'zod';
 import type { Authenticator, AuthResult } from './authenticate.js';
 import { clientErrorHandler, gatewayServerFactory } from './listener.js';
 import type { Logger } from '../logging/logger.js';
@@ -22,6 +21,7 @@ import { errorBody, installErrorHandling } from './errors.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
 import { assertSafePath, resourceAndAction } from './request-target.js';
 import { mapUpstreamError } from './upstream-errors.js';
+import { registerDelegationRoute, resolveMandate } from './mandate-binding.js';
 
 export interface PolicyEvaluator {
   readonly revision: string;
@@ -67,16 +67,6 @@ declare module 'fastify' {
     caracal: RequestState;
   }
 }
-
-const DelegationRequest = z
-  .object({
-    parent: z.string().min(1).max(64).optional(),
-    agent_id: z.string().min(1).max(64),
-    resources: z.array(z.string()).min(1).max(256),
-    actions: z.array(z.string()).min(1).max(64),
-    validity: z.number().int().min(1).max(365 * 86_400),
-  })
-  .strict();
 
 /**
  * Never forwarded: the agent's credentials (bearer, cookies, its mandate) and certificate headers
@@ -152,27 +142,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
     return deps.jwks();
   });
 
-  // Agents delegate to sub-agents themselves: the bearer must be the parent mandate (holding it is
-  // what proves being its subject); scope, time and depth rules are those of `mandate delegate`.
-  app.post('/v1/mandates/delegate', { bodyLimit: 64 * 1024 }, async (request, reply) => {
-    if (closing) throw new CaracalError('CARACAL_SHUTTING_DOWN');
-    const auth = await deps.authenticator.authenticate(request);
-    const parent = auth.token;
-    if (!parent?.mandate) throw new CaracalError('CARACAL_POLICY_DENIED', 'delegation needs the parent mandate as the bearer token', { reasons: ['mandate_required'] });
-    const subjects = [auth.principalId, ...parent.mandate.chain.map((link) => link.sub)];
-    const stopped = deps.emergency.flags(subjects);
-    if (stopped.global || stopped.principal) throw new CaracalError('CARACAL_POLICY_DENIED', 'an emergency stop is in force', { reasons: ['emergency_stop'] });
-    const body = DelegationRequest.parse(request.body ?? {});
-    const issued = await deps.delegate(parent, {
-      parentId: body.parent ?? parent.tokenId,
-      principalId: body.agent_id,
-      resources: body.resources,
-      actions: body.actions,
-      validitySeconds: body.validity,
-    });
-    reply.code(201);
-    return issued;
-  });
+  registerDelegationRoute(app, { ...deps, isClosing: () => closing });
 
   async function recordDecision(request: FastifyRequest, data: Omit<DecisionData, 'request_id' | 'method' | 'path' | 'bundle_revision'>): Promise<void> {
     const event = buildEvent(EVENT_TYPES.decision, deps.source, data.principal_id ?? undefined, {
@@ -203,13 +173,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       let mandate: VerifiedToken | null;
       try {
         verified = await deps.authenticator.authenticate(request);
-        // The mandate: the bearer token itself when it is one; otherwise (an access token, mTLS or
-        // an external token proved who is calling) the `caracal-mandate` header, verified like a
-        // bearer token. Whether its subject is the caller is for the policy to check.
-        mandate = verified.token?.mandate ? verified.token : null;
-        const mandateHeader = request.headers['caracal-mandate'];
-        if (!mandate && typeof mandateHeader === 'string') mandate = await deps.verifyMandate(mandateHeader);
-        if (mandate && !mandate.mandate) throw new TokenRejected('bad_claims', 'the caracal-mandate header does not hold a mandate');
+        mandate = await resolveMandate(request, verified, deps);
       } catch (err) {
         const failure = err instanceof TokenRejected ? err.failure : 'malformed';
         metrics.authFailures.inc({ reason: failure });
