@@ -1,13 +1,13 @@
 import { defineConfig } from 'vitest/config';
 
-// Three tiers (DESIGN.md §10). Integration and e2e read the service addresses that
+// Three tiers (docs/architecture.md, "Testing and benchmarks"). Integration and e2e read the service addresses that
 // scripts/test.sh exports after starting real PostgreSQL, Redis, Kafka (and installing opa).
 export default defineConfig({
   test: {
     projects: [
       {
         extends: true,
-        test: { name: 'unit', include: ['test/unit/**/*.test.ts'], testTimeout: 20_000 },
+        test: { name: 'unit', include: ['test/unit/**/*.test.ts'], testTimeout: 20_000, hookTimeout: 60_000 },
       },
       {
         extends: true,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rego unit tests + coverage gate for policies/ (DESIGN.md §4).
+# Rego unit tests + coverage gate for policies/ (see policies/README.md).
 #
 #   scripts/policy-test.sh            # uses $CARACAL_OPA_BIN, else `opa` on PATH
 #   POLICY_COVERAGE_MIN=95 scripts/policy-test.sh

@@ -1,7 +1,7 @@
 import type { Queryable } from '../store/db.js';
 
 /**
- * Emergency stop (DESIGN.md §3): global or per principal. A row in `emergency_stops` while in
+ * Emergency stop (docs/architecture.md, "The authority model"): global or per principal. A row in `emergency_stops` while in
  * force; every gateway keeps the set in memory (`EmergencyState`), refreshed by agent.lifecycle
  * events and by a periodic reload as a backstop.
  */

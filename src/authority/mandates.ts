@@ -10,7 +10,7 @@ import { scopeExcess, type Scope } from './scope.js';
 import type { TokenSettings, VerifiedToken } from './tokens.js';
 
 /**
- * Mandates (DESIGN.md §3): ES256 JWTs with a scope, issued under a principal's authority policy,
+ * Mandates (docs/architecture.md, "The authority model"): ES256 JWTs with a scope, issued under a principal's authority policy,
  * delegated along a tree in which scope and time only narrow and depth is bounded by the root's
  * policy. Every mandate is also a row, so revocation (with its descendants) reaches gateways and
  * the whole chain can be checked on every call.
@@ -29,7 +29,11 @@ export const IssueMandateArgs = z
 
 export const DelegateMandateArgs = z
   .object({
-    /** The parent mandate itself: holding it is what proves one is its subject. */
+    /**
+     * The parent mandate itself. Here an operator presents it; at the gateway, holding a delegated
+     * mandate proves nothing (its delegator holds it too), so the route also requires the subject's
+     * own credential (src/gateway/mandate-binding.ts).
+     */
     parentToken: z.string().min(1).max(8192),
     parentId: z.string().min(1).max(64),
     principalId: PrincipalId,
@@ -183,9 +187,12 @@ export async function loadChain(db: Queryable, id: string, maxDepth = 64): Promi
 }
 
 /**
- * A child mandate. `verifiedParent` is the caller's own parent mandate, already verified: only its
- * subject holds it, so only its subject can delegate. Scope and time only narrow, the depth stays
- * within the root policy's delegation depth, and no link of the chain may be revoked or expired.
+ * A child mandate. `verifiedParent` is the parent mandate, already verified; the caller has already
+ * established who may delegate it (an operator, or at the gateway the parent's subject proved by
+ * its own credential: possession alone does not, as the delegator of a mandate holds it too).
+ * Scope and time only narrow, the depth stays within the root policy's delegation depth, and no
+ * link of the chain may be revoked or expired. The URLs a delegate reaches narrow too: the gateway
+ * checks every ancestor's allowlist on each call.
  */
 export async function delegateMandate(
   db: Queryable,

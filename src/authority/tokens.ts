@@ -47,7 +47,7 @@ export async function issueAccessToken(
   };
 }
 
-/** The claims that make an access token a mandate (DESIGN.md §3). */
+/** The claims that make an access token a mandate (docs/architecture.md, "The authority model"). */
 export const MandateClaimsSchema = z
   .object({
     scope: z.object({ resources: z.array(z.string().min(1).max(300)).min(1).max(256), actions: z.array(z.string().min(1).max(64)).min(1).max(64) }).strict(),
@@ -77,12 +77,15 @@ export interface VerifiedToken {
   mandate: MandateClaims | null;
 }
 
-/** Why a token was refused; the label of caracal_auth_failures_total. */
-export type AuthFailure = 'missing' | 'malformed' | 'expired' | 'not_yet_valid' | 'bad_signature' | 'bad_claims' | 'unsupported_header';
+/**
+ * Why a token was refused; the label of caracal_auth_failures_total. `mandate_unbound`: a delegated
+ * mandate presented without its subject's own credential (see src/gateway/mandate-binding.ts).
+ */
+export type AuthFailure = 'missing' | 'malformed' | 'expired' | 'not_yet_valid' | 'bad_signature' | 'bad_claims' | 'unsupported_header' | 'mandate_unbound';
 
 export class TokenRejected extends CaracalError {
-  constructor(readonly failure: AuthFailure, message: string) {
-    super(failure === 'expired' ? 'CARACAL_TOKEN_EXPIRED' : failure === 'missing' ? 'CARACAL_UNAUTHENTICATED' : 'CARACAL_TOKEN_INVALID', message);
+  constructor(readonly failure: AuthFailure, message: string, reasons?: string[]) {
+    super(failure === 'expired' ? 'CARACAL_TOKEN_EXPIRED' : failure === 'missing' ? 'CARACAL_UNAUTHENTICATED' : 'CARACAL_TOKEN_INVALID', message, reasons ? { reasons } : {});
   }
 }
 

@@ -39,7 +39,7 @@ export function createRuntime(options: { configPath?: string; out?: Output; env?
         const ctx = await AppContext.fromConfig(cfg, { logger: quietLogger(cfg) });
         try {
           // The embedded default is created on first use; PostgreSQL and Kafka are prepared
-          // explicitly (`db migrate up`, `kafka create-topics`), as the runbook does.
+          // explicitly (`db migrate up`, `kafka create-topics`), as the README shows.
           if (migrate || !cfg.database.url) await migrateUp(ctx.db);
           if (!cfg.database.url && !cfg.kafka.brokers) await (await ctx.events()).createTopics(topicSpecs(cfg));
           return await fn(ctx);

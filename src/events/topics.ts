@@ -1,7 +1,7 @@
 import type { CaracalConfig } from '../config/schema.js';
 import type { TopicSpec } from './event-log.js';
 
-/** The topics of DESIGN.md §5, without the configured prefix. Key = principal id on all of them. */
+/** The topics (docs/architecture.md, "Events"), without the configured prefix. Key = principal id on all of them. */
 export const TOPIC_SUFFIXES = {
   decisions: 'policy.decisions',
   metering: 'metering.events',

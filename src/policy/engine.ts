@@ -1,5 +1,5 @@
 /**
- * The policy adapter (STYLE.md habit 6): one WASM instance per bundle, evaluated synchronously
+ * The policy adapter: one WASM instance per bundle, evaluated synchronously
  * on the gateway's hot path, failing closed.
  *
  * opa-wasm has three outcomes the caller must map itself — a thrown value (often a bare string,
@@ -14,7 +14,7 @@ import { type Bundle, type BundleManifest, DECISION_ENTRYPOINT, readBundle } fro
 
 export { DECISION_ENTRYPOINT };
 
-/** Facts about the caller, from the principal registry (DESIGN.md §3). */
+/** Facts about the caller, from the principal registry (docs/architecture.md, "The authority model"). */
 export interface PrincipalFact {
   id: string;
   status: 'active' | 'suspended' | (string & {});

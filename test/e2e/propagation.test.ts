@@ -16,7 +16,7 @@ import { randomName, requireServices } from '../helpers/services.js';
 
 /**
  * Revocation, suspension and emergency stop must reach every running gateway within 1 s
- * (DESIGN.md §3). Two `caracal gateway start` processes on PostgreSQL + Kafka + Redis; the change is
+ * (docs/architecture.md, "The authority model"). Two `caracal gateway start` processes on PostgreSQL + Kafka + Redis; the change is
  * made through the operations (as the CLI and admin API do) and each gateway is polled until it
  * denies. The measured times are printed.
  */

@@ -18,7 +18,7 @@ import { randomName, requireServices } from '../helpers/services.js';
 /**
  * The README walkthrough, from the outside: real processes, the real CLI, HTTP calls. Once on the
  * embedded default (`caracal dev`, what `npm start` runs) and once on PostgreSQL + Kafka + Redis
- * (`caracal gateway start`, prepared with the runbook's `db migrate up` and `kafka create-topics`).
+ * (`caracal gateway start`, prepared with `db migrate up` and `kafka create-topics` as the README shows).
  */
 interface Mode {
   name: string;
@@ -100,11 +100,11 @@ describe.each(modes)('walkthrough on the $name', (mode) => {
       const [, gatewayUrl] = await gateway.waitFor(/caracal gateway listening on (http:\/\/[\d.:]+)/, 90_000);
       const [, metricsUrl] = await gateway.waitFor(/metrics\s+(http:\/\/[\d.:]+)\/metrics/);
 
-      // The runbook's commands, with ids substituted (through the admin API on the embedded default).
+      // The README walkthrough's commands, with ids substituted (through the admin API on the embedded default).
       const agent = await cli('agent', 'register', '--name', 'my-agent', '--description', 'My AI agent', '--owner', 'user@example.com', '--quiet');
       expect(agent).toMatch(/^[0-9a-f-]{36}$/);
       await cli('policy', 'create', '--agent-id', agent, '--resources', 'api:external/echo', '--actions', 'read', '--max-validity', '86400', '--delegation-depth', '1');
-      // Agents with no allowlist entry are denied; the runbook's regex form, for the local upstream.
+      // Agents with no allowlist entry are denied; the regex form here (the README uses a glob), for the local upstream.
       await cli('allowlist', 'create', '--agent-id', agent, '--pattern', '^http://127\\.0\\.0\\.1:[0-9]+/.*$', '--pattern-type', 'regex');
       expect(JSON.parse(await cli('agent', 'list', '--json'))).toEqual([expect.objectContaining({ id: agent, status: 'active' })]);
       const token = await cli('token', 'issue', '--agent-id', agent);

@@ -13,7 +13,7 @@ const GROUP_LOAD_IN_PROGRESS = 14;
 const UNKNOWN_TOPIC_OR_PARTITION = 3;
 
 /**
- * Regression (CI run 4 of the authority work): `consumerLag` right after the broker started failed
+ * Regression: `consumerLag` right after the broker started once failed
  * with "This is not the correct coordinator for this group" — a retriable answer kafkajs' admin
  * does not retry itself. Now retried, bounded; other errors still fail at once.
  */

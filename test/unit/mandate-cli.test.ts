@@ -14,14 +14,14 @@ describe('caracal mandate / emergency / keys CLI', () => {
   let agent: string;
   let child: string;
   beforeAll(async () => {
-    // The seeds' command for a P-256 key (SEC1 PEM) signs Caracal's tokens.
-    const keyFile = path.join(home, 'seed-key.pem');
+    // A P-256 key made with `openssl ecparam -genkey` (SEC1 PEM, as the README suggests) signs Caracal's tokens.
+    const keyFile = path.join(home, 'sec1-key.pem');
     execFileSync('openssl', ['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', keyFile]);
     env = { ...env, CARACAL_SIGNING_KEY: keyFile };
     agent = (await caracal('agent', 'register', '--name', 'root-agent', '--owner', 'o@example.com', '--quiet')).out.trim();
     child = (await caracal('agent', 'register', '--name', 'child-agent', '--owner', 'o@example.com', '--quiet')).out.trim();
     expect((await caracal('policy', 'create', '--agent-id', agent, '--resources', 'api:external/*', '--actions', 'read', 'write', '--max-validity', '3600', '--delegation-depth', '1')).code).toBe(0);
-  });
+  }, 60_000); // three CLI runs, each opening PGlite: over the default 10 s hook timeout on a busy machine
 
   it('issues, delegates, lists and revokes with cascade', async () => {
     const issued = JSON.parse((await caracal('mandate', 'issue', '--agent-id', agent, '--resources', 'api:external/echo', '--actions', 'read', '--validity', '600', '--json')).out);
@@ -34,6 +34,22 @@ describe('caracal mandate / emergency / keys CLI', () => {
     expect(revoked.revoked).toHaveLength(2);
     expect((await caracal('mandate', 'revoke', '--mandate-id', issued.id)).out).toContain('already revoked');
   });
+
+  it('prints the mandate id and the token on one line with --print-id, the token alone with --quiet', async () => {
+    const grant = ['--agent-id', agent, '--resources', 'api:external/echo', '--actions', 'read', '--validity', '600'];
+    const run = await caracal('mandate', 'issue', ...grant, '--print-id');
+    expect(run.err).toBe('');
+    expect(run.out).toMatch(/^[0-9a-f-]{36} [A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\n$/);
+    const [id, token] = run.out.trim().split(' ') as [string, string];
+    // The id is the token's jti and is what revoke takes.
+    expect(JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString('utf8'))).toMatchObject({ jti: id, sub: agent });
+    expect((await caracal('mandate', 'revoke', '--mandate-id', id)).out).toBe(`revoked 1: ${id}\n`);
+    // --print-id wins over --quiet; --quiet alone stays the bare token.
+    expect((await caracal('mandate', 'issue', ...grant, '--quiet', '--print-id')).out).toMatch(/^[0-9a-f-]{36} \S+\n$/);
+    expect((await caracal('mandate', 'issue', ...grant, '--quiet')).out).toMatch(/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\n$/);
+    // The human form names the id too.
+    expect((await caracal('mandate', 'issue', ...grant)).out).toMatch(/^id\s+[0-9a-f-]{36}$/m);
+  }, 60_000);
 
   it('answers bad mandate input with one line and a non-zero exit', async () => {
     expectOneLineError(await caracal('mandate', 'issue', '--agent-id', agent, '--resources', 'mcp:github/*', '--actions', 'read', '--validity', '60'), /exceeds the principal's authority policy \(resources mcp:github\/\*\)/);

@@ -19,8 +19,14 @@ const MANDATE_COLUMNS = [
   { key: 'revokedAt', header: 'REVOKED' },
 ];
 
-function printIssued(runtime: CliRuntime, issued: IssuedMandate, options: { json?: boolean; quiet?: boolean }): void {
+/**
+ * `--json`: the whole mandate; `--print-id`: `<mandate id> <token>` on one line, so a shell can
+ * keep both (`read -r ID TOKEN <<< "$(caracal mandate issue … --print-id)"`); `--quiet`: the
+ * token only; otherwise every field as `key value` lines.
+ */
+function printIssued(runtime: CliRuntime, issued: IssuedMandate, options: { json?: boolean; quiet?: boolean; printId?: boolean }): void {
   if (options.json) return runtime.out.json(issued);
+  if (options.printId) return runtime.out.line(`${issued.id} ${issued.token}`);
   if (options.quiet) return runtime.out.line(issued.token);
   const { token, ...mandate } = issued;
   printRecord(runtime.out, { ...mandate, token });
@@ -34,7 +40,8 @@ function grantOptions(command: Command, help: { agent: string; within: string; v
     .requiredOption('--actions <actions...>', `actions ${help.within}`)
     .requiredOption('--validity <seconds>', help.validity)
     .option('--json', 'print JSON')
-    .option('-q, --quiet', 'print only the token');
+    .option('-q, --quiet', 'print only the token')
+    .option('--print-id', 'print only the mandate id and the token, on one line separated by a space');
 }
 
 function grantArgs(options: { agentId: string; resources: string[]; actions: string[]; validity: string }) {
