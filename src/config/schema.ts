@@ -268,7 +268,7 @@ export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
   CARACAL_OPA_BIN: { path: ['policy', 'opaBin'] },
 };
 
-/** Keys people carry over from the v0.3 deployment guide; rejected with a pointer to the new name. */
+/** Keys of the older snake_case configuration format; rejected with a pointer to the new name. */
 export const RENAMED_KEYS: Record<string, string> = {
   'database.pool_size': 'database.poolSize',
   'database.max_overflow': 'database.poolSize',

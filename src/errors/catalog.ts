@@ -14,9 +14,11 @@ export const ERROR_CATALOG = {
   CARACAL_NOT_FOUND: { status: 404, message: 'not found' },
   CARACAL_UNKNOWN_UPSTREAM: { status: 404, message: 'no upstream with that name is configured' },
   CARACAL_ROUTE_NOT_FOUND: { status: 404, message: 'no such route' },
+  CARACAL_METHOD_NOT_ALLOWED: { status: 405, message: 'this method is not mapped to an action for this upstream' },
   CARACAL_CONFLICT: { status: 409, message: 'the resource already exists or changed concurrently' },
   CARACAL_PAYLOAD_TOO_LARGE: { status: 413, message: 'the request body is too large' },
   CARACAL_HEADERS_TOO_LARGE: { status: 431, message: 'the request headers are too large' },
+  CARACAL_RATE_LIMITED: { status: 429, message: 'too many requests; retry after the time in Retry-After' },
   // authentication and authorisation
   CARACAL_UNAUTHENTICATED: { status: 401, message: 'a valid bearer token is required' },
   CARACAL_TOKEN_INVALID: { status: 401, message: 'the bearer token is invalid' },

@@ -19,6 +19,8 @@ export const DecisionDataSchema = z
     upstream: z.string().nullable(),
     method: z.string(),
     path: z.string(),
+    /** The one upstream URL that was judged and (on an allow) sent; null when refused before it was built. */
+    upstream_url: z.string().nullable().optional(),
     resource: z.string().nullable(),
     action: z.string().nullable(),
     allow: z.boolean(),

@@ -1,6 +1,8 @@
 import proxy from '@fastify/http-proxy';
+import type { FastifyReplyFromHooks } from '@fastify/reply-from';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { CaracalConfig, UpstreamConfig } from '../config/schema.js';
+import { Readable } from 'node:stream';
+import type { CaracalConfig, UpstreamConfig, UpstreamDialect } from '../config/schema.js';
 import { CaracalError } from '../errors/catalog.js';
 import { buildEvent, EVENT_TYPES, type DecisionData } from '../events/cloudevents.js';
 import type { EventPublisher } from '../events/publisher.js';
@@ -10,16 +12,19 @@ import type { RevocationSet } from '../authority/revocations.js';
 import type { IssuedMandate } from '../authority/mandates.js';
 import { TokenRejected, type VerifiedToken } from '../authority/tokens.js';
 import type { Authenticator, AuthResult } from './authenticate.js';
-import { clientErrorHandler, gatewayServerFactory } from './listener.js';
+import { clientErrorHandler, gatewayServerFactory, serverTimeouts } from './listener.js';
 import type { Logger } from '../logging/logger.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
 import type { Decision, DecisionInput } from '../policy/engine.js';
-import { isClientCertHeader } from './authenticators.js';
 import { buildDecisionInput, type AllowlistChecker } from './decision-input.js';
 import { newId } from '../util/ids.js';
-import { errorBody, installErrorHandling } from './errors.js';
+import { installErrorHandling } from './errors.js';
+import { agentCredential, dialectErrorBody } from './dialects.js';
+import { agentResponseHeaders, upstreamRequestHeaders } from './forwarded-headers.js';
+import { assertDeclaredLength, BodyTooLarge, limitBody } from './body-limit.js';
+import { PrincipalLimiter, SourceLimiter } from './limits.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
-import { assertSafePath, resourceAndAction } from './request-target.js';
+import { resourceAndAction, upstreamMethods, UpstreamTargetBuilder, type UpstreamTarget } from './request-target.js';
 import { mapUpstreamError } from './upstream-errors.js';
 import { registerDelegationRoute, resolveMandate } from './mandate-binding.js';
 
@@ -55,11 +60,17 @@ export interface GatewayDeps {
   source: string;
 }
 
-/** Per-request facts carried from the decision to the response hooks. */
+/** Per-request facts carried from the decision to the proxy and the response hooks. */
 interface RequestState {
+  started: bigint;
   decisionId?: string;
   upstream?: string;
-  started: bigint;
+  dialect?: UpstreamDialect;
+  principalId?: string;
+  /** The one upstream URL of this request: judged, recorded and sent. */
+  target?: UpstreamTarget;
+  /** Frees the principal's concurrency slot; idempotent. */
+  release?: () => void;
 }
 
 declare module 'fastify' {
@@ -67,22 +78,6 @@ declare module 'fastify' {
     caracal: RequestState;
   }
 }
-
-/**
- * Never forwarded: the agent's credentials (bearer, cookies, its mandate) and certificate headers
- * a client could forge (the gateway does its own TLS; a client's claim about a certificate is noise).
- */
-const STRIPPED_HEADERS = new Set([
-  'authorization',
-  'proxy-authorization',
-  'cookie',
-  'caracal-mandate',
-  'x-forwarded-client-cert',
-  'x-ssl-client-cert',
-  'x-client-cert',
-  'ssl-client-cert',
-  'x-client-certificate',
-]);
 
 export interface GatewayApp {
   app: FastifyInstance;
@@ -92,12 +87,17 @@ export interface GatewayApp {
 
 export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
   const { config, metrics } = deps;
+  const bodyLimit = config.gateway.bodyLimitBytes;
+  const access = deps.logger.child({ component: 'access' });
+  const principalLimiter = new PrincipalLimiter(config.gateway.limits.perPrincipal);
+  const sourceLimiter = new SourceLimiter(config.gateway.limits.unauthenticatedPerSource);
   let closing = false;
 
   const app = Fastify({
     loggerInstance: deps.logger.child({ component: 'gateway' }) as FastifyBaseLogger,
     ...baseFastifyOptions(),
-    bodyLimit: config.gateway.bodyLimitBytes,
+    ...serverTimeouts(config),
+    bodyLimit,
     serverFactory: gatewayServerFactory(config),
     clientErrorHandler,
     routerOptions: { maxParamLength: 500 },
@@ -109,14 +109,37 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
     reply.header('x-request-id', request.id);
     metrics.inFlight.inc();
   });
+  app.addHook('onRequestAbort', async (request) => {
+    request.caracal.release?.();
+    metrics.clientAborts.inc({ upstream: request.caracal.upstream ?? '' });
+    access.info({ request_id: request.id, method: request.method, path: request.url.split('?', 1)[0]!.slice(0, 512), upstream: request.caracal.upstream ?? null, principal_id: request.caracal.principalId ?? null, decision_id: request.caracal.decisionId ?? null, duration_ms: elapsedMs(request.caracal.started) }, 'client aborted the request');
+  });
   app.addHook('onResponse', async (request, reply) => {
+    const state = request.caracal;
+    state.release?.();
     metrics.inFlight.dec();
     const route = request.routeOptions.url ?? 'not_found';
-    const upstream = request.caracal.upstream ?? '';
+    const upstream = state.upstream ?? '';
+    const durationMs = elapsedMs(state.started);
     metrics.requests.inc({ route, method: request.method, status: String(reply.statusCode), upstream });
-    metrics.duration.observe({ route, upstream }, Number(process.hrtime.bigint() - request.caracal.started) / 1e9);
+    metrics.duration.observe({ route, upstream }, durationMs / 1000);
+    if (config.gateway.accessLog) {
+      access.info(
+        {
+          request_id: request.id,
+          method: request.method,
+          path: request.url.split('?', 1)[0]!.slice(0, 512),
+          status: reply.statusCode,
+          upstream: state.upstream ?? null,
+          principal_id: state.principalId ?? null,
+          decision_id: state.decisionId ?? null,
+          duration_ms: durationMs,
+        },
+        'request',
+      );
+    }
   });
-  installErrorHandling(app, deps.logger);
+  installErrorHandling(app, deps.logger, { dialectOf: (request) => request.caracal?.dialect, notFound: false });
 
   app.get('/health', async () => ({ status: 'ok' }));
   app.get('/ready', async (_request, reply) => {
@@ -132,7 +155,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         }
       }),
     );
-    checks.policy = { ok: Boolean(deps.engine.current), latency_ms: 0 };
+    checks.policy = policyCheck(deps.engine.current);
     const ready = !closing && Object.values(checks).every((c) => c.ok);
     reply.code(ready ? 200 : 503);
     return { status: ready ? 'ready' : closing ? 'shutting_down' : 'not_ready', bundle_revision: deps.engine.current?.revision ?? null, checks };
@@ -144,30 +167,36 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
 
   registerDelegationRoute(app, { ...deps, isClosing: () => closing });
 
-  async function recordDecision(request: FastifyRequest, data: Omit<DecisionData, 'request_id' | 'method' | 'path' | 'bundle_revision'>): Promise<void> {
+  async function recordDecision(request: FastifyRequest, data: Omit<DecisionData, 'request_id' | 'method' | 'path' | 'bundle_revision' | 'upstream_url'>): Promise<void> {
     const event = buildEvent(EVENT_TYPES.decision, deps.source, data.principal_id ?? undefined, {
       ...data,
       request_id: request.id,
       method: request.method,
       path: request.url.slice(0, 2048),
+      upstream_url: request.caracal.target?.fullUrl ?? null,
       bundle_revision: deps.engine.current?.revision ?? null,
     });
     await deps.publisher.publish(deps.decisionsTopic, data.principal_id ?? 'anonymous', event);
   }
 
-  /** The whole decision: authenticate → facts → one WASM evaluation → record → allow or throw. */
+  /**
+   * The whole decision, before anything of the body is read: limits on what is declared →
+   * the one upstream URL → authenticate → per-principal limits → facts → one WASM evaluation →
+   * record → allow (the body starts to flow) or throw.
+   */
   function gate(upstream: UpstreamConfig) {
-    // The concrete URL the allowlist sees: the upstream's base plus the agent's path (no query).
-    const upstreamBase = upstream.url.replace(/\/+$/, '');
-    const upstreamPrefixLength = `/proxy/${upstream.name}`.length;
+    const targets = new UpstreamTargetBuilder(upstream);
     return async function decide(request: FastifyRequest, reply: FastifyReply): Promise<void> {
       if (closing) throw new CaracalError('CARACAL_SHUTTING_DOWN');
       const state = request.caracal;
       state.upstream = upstream.name;
+      state.dialect = upstream.dialect;
       state.decisionId = newId();
       reply.header('x-caracal-decision-id', state.decisionId);
-      assertSafePath(request.url);
       const { resource, action } = resourceAndAction(upstream, request.method);
+      assertDeclaredLength(request.headers['content-length'], bodyLimit);
+      const target = targets.build(request.raw.url ?? request.url);
+      state.target = target;
 
       let verified: AuthResult;
       let mandate: VerifiedToken | null;
@@ -177,6 +206,11 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       } catch (err) {
         const failure = err instanceof TokenRejected ? err.failure : 'malformed';
         metrics.authFailures.inc({ reason: failure });
+        // Failed authentications are cheap to send and each one is recorded: a source that keeps
+        // failing is slowed down (429) before it fills the event log.
+        const source = sourceLimiter.take(request.ip);
+        const limited = source.ok ? null : rateLimited('unauthenticated_rate_limited', source.retryAfterSeconds);
+        if (limited) metrics.limited.inc({ reason: 'unauthenticated_rate_limited' });
         await recordDecision(request, {
           decision_id: state.decisionId,
           principal_id: null,
@@ -185,22 +219,42 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
           resource,
           action,
           allow: false,
-          reasons: [`token_${failure}`],
+          reasons: limited ? [`token_${failure}`, 'unauthenticated_rate_limited'] : [`token_${failure}`],
           policy_ids: [],
-          status: 401,
+          status: limited ? 429 : 401,
         }).catch((publishErr) => request.log.error({ err: publishErr }, 'could not record an authentication failure'));
-        throw err;
+        throw limited ?? err;
       }
+      state.principalId = verified.principalId;
 
-      const pathOnly = request.url.slice(upstreamPrefixLength).split('?', 1)[0]!;
+      const lease = principalLimiter.acquire(verified.principalId);
+      if (!lease.ok) {
+        metrics.limited.inc({ reason: lease.reason });
+        await recordDecision(request, {
+          decision_id: state.decisionId,
+          principal_id: verified.principalId,
+          token_id: verified.tokenId,
+          upstream: upstream.name,
+          resource,
+          action,
+          allow: false,
+          reasons: [lease.reason],
+          policy_ids: [],
+          status: 429,
+        }).catch((publishErr) => request.log.error({ err: publishErr }, 'could not record a limited request'));
+        throw rateLimited(lease.reason, lease.retryAfterSeconds);
+      }
+      state.release = () => lease.release();
+
       const input = await buildDecisionInput(
         deps,
         verified,
         mandate,
-        { upstream: upstream.name, method: request.method, path: request.url, resource, action },
-        `${upstreamBase}${pathOnly}`,
+        { upstream: upstream.name, method: request.method, path: target.pathAndQuery, url: target.fullUrl, resource, action },
+        target.url,
         Math.floor(Date.now() / 1000),
       );
+      input.limits = lease.facts;
       const engine = deps.engine.current;
       const evalStarted = process.hrtime.bigint();
       const decision = engine.evaluate(input);
@@ -229,47 +283,88 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         });
       }
       await record; // throws CARACAL_EVENTS_UNAVAILABLE → 503: no unrecorded action
+
+      // Only now may the body flow: a client waiting on `Expect: 100-continue` is told to send it,
+      // and what it sends is cut at the body limit on its way to the upstream.
+      if (request.headers.expect?.toLowerCase() === '100-continue') reply.raw.writeContinue();
+      if (request.body instanceof Readable) request.body = limitBody(request.body, bodyLimit);
     };
+  }
+
+  /** The agent's credentials on this request, so no forwarded header carries them. */
+  function agentSecrets(request: { headers: Record<string, string | string[] | undefined> }): string[] {
+    const secrets: string[] = [];
+    try {
+      const bearer = agentCredential(request.headers);
+      if (bearer) secrets.push(bearer);
+    } catch {
+      // Ambiguous credentials never get this far (authentication refused them).
+    }
+    const mandate = request.headers['caracal-mandate'];
+    if (typeof mandate === 'string') secrets.push(mandate);
+    return secrets;
   }
 
   for (const upstream of config.gateway.upstreams) {
     const base = new URL(upstream.url);
-    const basePath = base.pathname.replace(/\/+$/, '');
-    await app.register(proxy, {
-      upstream: base.origin,
-      prefix: `/proxy/${upstream.name}`,
-      rewritePrefix: basePath,
-      preHandler: gate(upstream),
-      // undici (reply-from's default client); `http` options would switch to node:http, ~2x slower.
-      undici: { headersTimeout: upstream.timeoutMs, bodyTimeout: upstream.timeoutMs, connections: 256 },
-      replyOptions: {
-        rewriteRequestHeaders: (request, headers) => {
-          const out: Record<string, string | string[] | undefined> = {};
-          for (const [name, value] of Object.entries(headers)) {
-            // The agent's own credentials and any x-caracal-* header never reach the upstream.
-            if (STRIPPED_HEADERS.has(name) || name.startsWith('x-caracal-') || isClientCertHeader(name)) continue;
-            out[name] = value;
-          }
-          out['x-request-id'] = request.id;
-          if (upstream.credentials) {
-            const secret = process.env[upstream.credentials.valueEnv];
-            if (secret) out[upstream.credentials.header.toLowerCase()] = `${upstream.credentials.prefix}${secret}`;
-          }
-          return out;
+    const credentialValue = upstream.credentials ? process.env[upstream.credentials.valueEnv] : undefined;
+    const credential = upstream.credentials && credentialValue ? { header: upstream.credentials.header.toLowerCase(), value: `${upstream.credentials.prefix}${credentialValue}` } : null;
+    for (const method of upstreamMethods(upstream)) if (!app.supportedMethods.includes(method)) app.addHttpMethod(method, { hasBody: true });
+    await app.register(async (scope) => {
+      // Every content type passes through as the raw stream: nothing of a proxied body is read
+      // before the decision, and nothing is buffered after it.
+      scope.removeAllContentTypeParsers();
+      scope.addContentTypeParser('*', (_request, payload, done) => done(null, payload));
+      await scope.register(proxy, {
+        upstream: base.origin,
+        prefix: `/proxy/${upstream.name}`,
+        rewritePrefix: base.pathname.replace(/\/+$/, ''),
+        proxyPayloads: false,
+        httpMethods: upstreamMethods(upstream),
+        preHandler: gate(upstream),
+        disableRequestLogging: true,
+        // The URL that was judged, not one the proxy library derives again from the raw request.
+        handler: (request, reply, _dest, options) => {
+          const target = request.caracal.target!;
+          return reply.from(target.path, { ...options, queryString: () => target.query });
         },
-        onError: (reply, { error }) => {
-          reply.send(mapUpstreamError(error));
+        // undici (reply-from's default client); `http` options would switch to node:http, ~2x slower.
+        undici: { headersTimeout: upstream.timeoutMs, bodyTimeout: upstream.timeoutMs, connections: upstream.maxConnections },
+        replyOptions: {
+          rewriteRequestHeaders: (request, headers) =>
+            upstreamRequestHeaders(headers, { requestId: request.id, decisionId: request.caracal.decisionId!, agentSecrets: agentSecrets(request), credential }),
+          rewriteHeaders: (headers) => agentResponseHeaders(headers),
+          // reply-from's typings describe the details loosely; it passes undici's request and response.
+          retryDelay: retryPolicy(upstream, metrics) as unknown as NonNullable<FastifyReplyFromHooks['retryDelay']>,
+          onError: (reply, { error }) => {
+            const request = reply.request;
+            if (request.raw.destroyed && !reply.raw.headersSent) {
+              // The agent went away; there is nobody to answer. Counted by onRequestAbort.
+              return;
+            }
+            const cause = (error as { cause?: unknown }).cause;
+            reply.send(cause instanceof BodyTooLarge ? cause : error instanceof BodyTooLarge ? error : mapUpstreamError(error));
+          },
         },
-      },
+      });
     });
   }
 
+  const upstreamByName = new Map(config.gateway.upstreams.map((u) => [u.name, u]));
   app.setNotFoundHandler((request, reply) => {
     const upstreamRoute = /^\/proxy\/([^/?]*)/.exec(request.url);
-    const error = upstreamRoute
-      ? new CaracalError('CARACAL_UNKNOWN_UPSTREAM', `no upstream named "${decodeSafe(upstreamRoute[1]!).slice(0, 64)}" is configured`)
-      : new CaracalError('CARACAL_ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]!.slice(0, 256)}`);
-    reply.code(error.statusCode).send(errorBody(error, request.id));
+    const upstream = upstreamRoute ? upstreamByName.get(upstreamRoute[1]!) : undefined;
+    let error: CaracalError;
+    if (upstream) {
+      request.caracal.dialect = upstream.dialect;
+      reply.header('allow', upstreamMethods(upstream).join(', '));
+      error = new CaracalError('CARACAL_METHOD_NOT_ALLOWED', `${request.method} is not mapped to an action for upstream "${upstream.name}"`);
+    } else if (upstreamRoute) {
+      error = new CaracalError('CARACAL_UNKNOWN_UPSTREAM', `no upstream named "${decodeSafe(upstreamRoute[1]!).slice(0, 64)}" is configured`);
+    } else {
+      error = new CaracalError('CARACAL_ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]!.slice(0, 256)}`);
+    }
+    reply.code(error.statusCode).send(dialectErrorBody(request.caracal.dialect, error, request.id));
   });
 
   return {
@@ -278,6 +373,60 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       closing = true;
     },
   };
+}
+
+function rateLimited(reason: string, retryAfterSeconds: number): CaracalError {
+  return new CaracalError('CARACAL_RATE_LIMITED', `too many requests (${reason}); retry in ${retryAfterSeconds} s`, {
+    reasons: [reason],
+    details: { retry_after_seconds: retryAfterSeconds },
+  });
+}
+
+/**
+ * No hidden retries: one decision is one upstream call unless the upstream sets `retries`. Then
+ * only idempotent methods without a body are retried, on a refused connection or a 503, at most
+ * `retries` times; `Retry-After` is read in seconds and capped, and each attempt is counted.
+ */
+function retryPolicy(upstream: UpstreamConfig, metrics: GatewayMetrics) {
+  return ({ err, req, res, attempt }: { err: (Error & { code?: string }) | null; req: { method?: string }; res: { statusCode: number; headers: Record<string, unknown> } | null; attempt: number }): number | null => {
+    if (upstream.retries === 0 || attempt >= upstream.retries) return null;
+    if (req.method !== 'GET' && req.method !== 'HEAD' && req.method !== 'OPTIONS') return null;
+    const retriable = res ? res.statusCode === 503 : err?.code === 'ECONNREFUSED' || err?.code === 'ECONNRESET' || err?.code === 'UND_ERR_SOCKET';
+    if (!retriable) return null;
+    metrics.upstreamRetries.inc({ upstream: upstream.name });
+    const retryAfter = Number(res?.headers['retry-after']);
+    const backoff = 100 * 2 ** attempt * (0.5 + Math.random() / 2);
+    return Math.min(Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter * 1000 : backoff, 2_000);
+  };
+}
+
+/** The policy check of /ready: the loaded bundle must actually decide (a smoke evaluation). */
+const SMOKE_INPUT: DecisionInput = {
+  principal: null,
+  policies: [],
+  mandate: null,
+  request: { upstream: 'ready-check', method: 'GET', path: '/', resource: 'api:external/ready-check', action: 'read' },
+  allowlist: { checked: true, matched: false, entry_id: null },
+  emergency: { global: false, principal: false },
+  auth: { method: 'caracal-token' },
+  now: 0,
+};
+
+function policyCheck(engine: PolicyEvaluator | undefined): { ok: boolean; latency_ms: number; error?: string } {
+  const started = performance.now();
+  try {
+    if (!engine) throw new Error('no policy bundle is loaded');
+    const probe = engine.evaluate({ ...SMOKE_INPUT, now: Math.floor(Date.now() / 1000) });
+    if (probe.outcome !== 'result') throw new Error(`the policy bundle did not decide (outcome ${probe.outcome})`);
+    if (probe.allow) throw new Error('the policy bundle allowed an anonymous request');
+    return { ok: true, latency_ms: Math.round(performance.now() - started) };
+  } catch (err) {
+    return { ok: false, latency_ms: Math.round(performance.now() - started), error: (err as Error).message.split('\n')[0]! };
+  }
+}
+
+function elapsedMs(started: bigint): number {
+  return Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100;
 }
 
 function decodeSafe(value: string): string {
@@ -297,4 +446,3 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
     }),
   ]);
 }
-

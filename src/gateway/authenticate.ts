@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import { TokenRejected, type TokenVerifier, type VerifiedToken, type VerifiedTokenCache } from '../authority/tokens.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
+import { AmbiguousCredential, agentCredential } from './dialects.js';
 
 /** Who is calling, and how we know. */
 export interface AuthResult {
@@ -22,12 +23,17 @@ export interface Authenticator {
   authenticate(request: FastifyRequest): Promise<AuthResult>;
 }
 
-const BEARER = /^Bearer ([^\s]+)$/i;
-
+/**
+ * The agent's bearer credential, from whichever header its SDK put it in (see `agentCredential`);
+ * different values in two of them are refused as malformed.
+ */
 export function bearerToken(request: FastifyRequest): string | null {
-  const header = request.headers.authorization;
-  const match = typeof header === 'string' ? BEARER.exec(header) : null;
-  return match ? match[1]! : null;
+  try {
+    return agentCredential(request.headers);
+  } catch (err) {
+    if (err instanceof AmbiguousCredential) throw new TokenRejected('malformed', err.message);
+    throw err;
+  }
 }
 
 /** Caracal-issued ES256 bearer tokens, verified once and cached until they expire. */

@@ -1,7 +1,9 @@
-import type { FastifyError, FastifyInstance } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyRequest } from 'fastify';
+import type { UpstreamDialect } from '../config/schema.js';
 import { ZodError } from 'zod';
 import { CaracalError, type ErrorCode } from '../errors/catalog.js';
 import type { Logger } from '../logging/logger.js';
+import { dialectErrorBody } from './dialects.js';
 
 export interface ErrorBody {
   error: ErrorCode;
@@ -33,14 +35,35 @@ export function toCaracalError(err: unknown): CaracalError {
   return new CaracalError('CARACAL_INTERNAL', undefined, { cause: err });
 }
 
-/** The one error handler: JSON bodies with `request_id`, 4xx logged at info, 5xx at error. */
-export function installErrorHandling(app: FastifyInstance, logger: Logger): void {
+/**
+ * The one error handler: JSON bodies with `request_id`, 4xx logged at info, 5xx at error, and 404s
+ * of unknown routes in the same shape. `dialectOf` names the upstream dialect a request was for,
+ * so the body is one that dialect's SDK can read (see dialects.ts); a 429 carries `Retry-After`.
+ */
+export function installErrorHandling(
+  app: FastifyInstance,
+  logger: Logger,
+  options: { dialectOf?: (request: FastifyRequest) => UpstreamDialect | undefined; notFound?: boolean } = {},
+): void {
+  const { dialectOf, notFound = true } = options;
   const log = logger.child({ component: 'errors' });
   app.setErrorHandler((err, request, reply) => {
     const error = toCaracalError(err);
     const fields = { request_id: request.id, code: error.code, status: error.statusCode, reasons: error.reasons };
+    if (request.raw.destroyed) {
+      // The client went away mid-request (reset, timeout on its side): not a server error.
+      log.info(fields, `client aborted: ${error.message}`);
+      return;
+    }
     if (error.statusCode >= 500) log.error({ ...fields, err }, error.message);
     else log.info(fields, error.message);
+    const retryAfter = error.details.retry_after_seconds;
+    if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
+    reply.code(error.statusCode).send(dialectErrorBody(dialectOf?.(request), error, request.id));
+  });
+  if (!notFound) return;
+  app.setNotFoundHandler((request, reply) => {
+    const error = new CaracalError('CARACAL_ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]!.slice(0, 256)}`);
     reply.code(error.statusCode).send(errorBody(error, request.id));
   });
 }

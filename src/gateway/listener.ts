@@ -28,23 +28,43 @@ import { isClientCertHeader } from './authenticators.js';
  */
 export function gatewayServerFactory(config: Readonly<CaracalConfig>) {
   const tls = config.gateway.tls ? loadTlsMaterial(config.gateway.tls) : null;
+  const { timeouts } = config.gateway;
   return (handler: http.RequestListener) => {
     const listener: http.RequestListener = (req, res) => {
       for (const name of Object.keys(req.headers)) if (isClientCertHeader(name)) delete req.headers[name];
       handler(req, res);
     };
-    if (!tls) return http.createServer({ maxHeaderSize: config.gateway.maxHeaderBytes }, listener);
-    return https.createServer(
-      {
-        maxHeaderSize: config.gateway.maxHeaderBytes,
-        minVersion: 'TLSv1.2',
-        cert: tls.cert,
-        key: tls.key,
-        ...(tls.ca ? { ca: tls.ca, requestCert: true, rejectUnauthorized: tls.requireClientCert } : {}),
-      },
-      listener,
-    );
+    const server = tls
+      ? https.createServer(
+          {
+            maxHeaderSize: config.gateway.maxHeaderBytes,
+            minVersion: 'TLSv1.2',
+            cert: tls.cert,
+            key: tls.key,
+            ...(tls.ca ? { ca: tls.ca, requestCert: true, rejectUnauthorized: tls.requireClientCert } : {}),
+          },
+          listener,
+        )
+      : http.createServer({ maxHeaderSize: config.gateway.maxHeaderBytes }, listener);
+    // Slow or idle clients must not hold sockets forever: idle sockets close, headers and whole
+    // requests have deadlines, and the number of open connections is capped.
+    server.keepAliveTimeout = timeouts.keepAliveMs;
+    server.requestTimeout = timeouts.requestMs;
+    server.headersTimeout = Math.min(timeouts.headersMs, timeouts.requestMs);
+    server.setTimeout(timeouts.idleSocketMs);
+    server.maxConnections = config.gateway.maxConnections;
+    // `Expect: 100-continue`: Node would answer "100 Continue" at once, inviting the body before
+    // the request is authenticated. The request is routed as usual instead, and the gateway sends
+    // 100 Continue only after an allow (a denial answers without ever asking for the body).
+    server.on('checkContinue', listener);
+    return server;
   };
+}
+
+/** The same deadlines for Fastify, which applies its own defaults to the server it is given. */
+export function serverTimeouts(config: Readonly<CaracalConfig>) {
+  const { timeouts } = config.gateway;
+  return { connectionTimeout: timeouts.idleSocketMs, keepAliveTimeout: timeouts.keepAliveMs, requestTimeout: timeouts.requestMs };
 }
 
 interface TlsMaterial {

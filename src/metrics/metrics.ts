@@ -16,6 +16,9 @@ export class GatewayMetrics {
   readonly eventsPublished: Counter<'topic' | 'result'>;
   readonly bundleInfo: Gauge<'revision'>;
   readonly inFlight: Gauge<string>;
+  readonly clientAborts: Counter<'upstream'>;
+  readonly upstreamRetries: Counter<'upstream'>;
+  readonly limited: Counter<'reason'>;
 
   constructor(defaultMetrics = true) {
     if (defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'caracal_' });
@@ -70,5 +73,23 @@ export class GatewayMetrics {
       registers,
     });
     this.inFlight = new Gauge({ name: 'caracal_gateway_in_flight_requests', help: 'Requests being handled', registers });
+    this.clientAborts = new Counter({
+      name: 'caracal_gateway_client_aborts_total',
+      help: 'Requests whose client disconnected before the response was complete',
+      labelNames: ['upstream'],
+      registers,
+    });
+    this.upstreamRetries = new Counter({
+      name: 'caracal_gateway_upstream_retries_total',
+      help: 'Extra upstream attempts for one decision (only when an upstream sets retries > 0)',
+      labelNames: ['upstream'],
+      registers,
+    });
+    this.limited = new Counter({
+      name: 'caracal_gateway_limited_total',
+      help: 'Requests refused by a gateway limit (rate, concurrency, unauthenticated source rate)',
+      labelNames: ['reason'],
+      registers,
+    });
   }
 }

@@ -67,7 +67,13 @@ export const ALLOWLIST_OPERATIONS = {
   }),
   'allowlist.test': op({
     description: "Check a URL against a principal's allowlist, as the gateway would",
-    args: z.object({ principalId: PrincipalId, url: z.string().min(1, 'is required').max(65_536) }).strict(),
+    args: z
+      .object({
+        principalId: PrincipalId,
+        // The gateway refuses request targets with a fragment, so a verdict on one would mislead.
+        url: z.string().min(1, 'is required').max(65_536).refine((url) => !url.includes('#'), 'contains a fragment (#); the gateway refuses such requests, so no allowlist judges them'),
+      })
+      .strict(),
     run: async (ctx, { principalId, url }): Promise<AllowlistTestReport> => {
       if (!(await findPrincipal(ctx.db, principalId))) throw new CaracalError('CARACAL_NOT_FOUND', `principal ${principalId} not found`);
       const whenEmpty = ctx.config.allowlists.whenEmpty;
