@@ -245,6 +245,12 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         throw rateLimited(lease.reason, lease.retryAfterSeconds);
       }
       state.release = () => lease.release();
+      // A client that went away while it was being authenticated has already passed onRequestAbort:
+      // nothing would release this slot later.
+      if (request.raw.destroyed) {
+        lease.release();
+        throw new CaracalError('CARACAL_BAD_REQUEST', 'the client closed the connection', { reasons: ['client_aborted'] });
+      }
 
       const input = await buildDecisionInput(
         deps,

@@ -7,13 +7,13 @@ import {
   createAllowlistEntry,
   deleteAllowlistEntry,
   listAllowlistEntries,
-  regexSafetyProblem,
   testUrl,
   type AllowlistEntry,
   type AllowlistPatternType,
   type CompiledAllowlistEntry,
 } from '../../src/authority/allowlists.js';
 import { registerPrincipal } from '../../src/authority/principals.js';
+import { regexSafetyProblem } from '../../src/regex-safety/index.js';
 import type { Queryable } from '../../src/store/db.js';
 import { migrateUp } from '../../src/store/migrate.js';
 import { PgliteDb } from '../../src/store/pglite-db.js';
@@ -70,7 +70,7 @@ const EVIL: [pattern: string, message: RegExp][] = [
 
 /** Real-world URL patterns: accepted. */
 const GOOD = [
-  '^https://api\\.openai\\.com/.*$', // the runbook's
+  '^https://api\\.openai\\.com/.*$', // the usual form: one API host, any path
   'https://api\\.anthropic\\.com/v1/messages',
   'https://([a-z0-9-]+\\.)*example\\.com/.*',
   'https://api\\.github\\.com/repos/[^/]+/[^/]+/issues(/\\d+)?',
@@ -89,7 +89,7 @@ const GOOD = [
 ];
 
 const GOOD_GLOBS = [
-  'https://api.anthropic.com/*', // the runbook's
+  'https://api.anthropic.com/*', // the usual form: one API host, one path segment
   'https://api.anthropic.com/**',
   'https://*.example.com/**',
   'https://api.github.com/repos/*/*/issues/**',
@@ -317,16 +317,46 @@ describe('matching time on adversarial 8 KiB URLs', () => {
   });
 
   it('would not for the refused ones (the corpus is really evil)', () => {
-    // Quadratic `.*/.*`, compiled by hand since the checker refuses it: already far slower on 8 KiB.
-    const re = new RegExp('^(?:https://.*/.*)$');
-    const url = 'https://' + '/a'.repeat(4000) + '\n';
-    const started = performance.now();
-    re.test(url);
-    const quadratic = performance.now() - started;
+    // Quadratic `.*/.*`, compiled by hand since the checker refuses it, against the accepted
+    // `[^/]*/.*`, on the same URL shape at two lengths 8× apart: a linear matcher takes about 8×
+    // longer on the long one, a quadratic one about 64×. Each figure is the median of several
+    // interleaved samples, and each sample repeats the call enough to be well above timer noise,
+    // so a busy machine shifts both lengths alike instead of deciding the outcome.
+    const evil = new RegExp('^(?:https://.*/.*)$');
     const safe = entry('https://[^/]*/.*', 'regex');
-    const started2 = performance.now();
-    testUrl([safe], url.slice(0, -1) + '!');
-    expect(quadratic).toBeGreaterThan(10 * (performance.now() - started2));
+    const url = (pairs: number, last: string) => 'https://' + '/a'.repeat(pairs) + last;
+    // `.` never matches the final newline, so the evil pattern fails only after trying every split.
+    const [evilShortUrl, evilLongUrl] = [url(500, '\n'), url(4_000, '\n')];
+    const [safeShortUrl, safeLongUrl] = [url(500, '!'), url(4_000, '!')];
+    expect(safeLongUrl.length).toBeLessThanOrEqual(MAX_URL_LENGTH);
+    expect(evil.test(evilLongUrl)).toBe(false);
+    expect(testUrl([safe], safeLongUrl).reason).toBe('matched'); // the regex ran: the URL is well-formed
+
+    const timeOf = (run: () => unknown, repeat: number) => {
+      const started = performance.now();
+      for (let i = 0; i < repeat; i++) run();
+      return (performance.now() - started) / repeat;
+    };
+    const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+    const runs = {
+      evilShort: () => evil.test(evilShortUrl),
+      evilLong: () => evil.test(evilLongUrl),
+      safeShort: () => testUrl([safe], safeShortUrl),
+      safeLong: () => testUrl([safe], safeLongUrl),
+    };
+    const repeats = { evilShort: 16, evilLong: 1, safeShort: 4_000, safeLong: 500 };
+    const samples: Record<keyof typeof runs, number[]> = { evilShort: [], evilLong: [], safeShort: [], safeLong: [] };
+    for (const name of Object.keys(runs) as (keyof typeof runs)[]) timeOf(runs[name], repeats[name]); // warm-up (regex tier-up)
+    for (let round = 0; round < 7; round++) {
+      for (const name of Object.keys(runs) as (keyof typeof runs)[]) samples[name].push(timeOf(runs[name], repeats[name]));
+    }
+    const m = Object.fromEntries(Object.entries(samples).map(([name, values]) => [name, median(values)])) as Record<keyof typeof runs, number>;
+    const detail = JSON.stringify(m);
+    // The geometric middle between linear (8×) and quadratic (64×) growth separates them.
+    expect(m.evilLong / m.evilShort, detail).toBeGreaterThan(22);
+    expect(m.safeLong / m.safeShort, detail).toBeLessThan(22);
+    // And on 8 KiB the refused pattern is far slower than the accepted one (about 10 000× here).
+    expect(m.evilLong, detail).toBeGreaterThan(10 * m.safeLong);
   });
 });
 
