@@ -247,7 +247,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       state.release = () => lease.release();
       // A client that went away while it was being authenticated has already passed onRequestAbort:
       // nothing would release this slot later.
-      if (request.raw.destroyed) {
+      if (clientGone(request)) {
         lease.release();
         throw new CaracalError('CARACAL_BAD_REQUEST', 'the client closed the connection', { reasons: ['client_aborted'] });
       }
@@ -344,7 +344,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
           retryDelay: retryPolicy(upstream, metrics) as unknown as NonNullable<FastifyReplyFromHooks['retryDelay']>,
           onError: (reply, { error }) => {
             const request = reply.request;
-            if (request.raw.destroyed && !reply.raw.headersSent) {
+            if (clientGone(request) && !reply.raw.headersSent) {
               // The agent went away; there is nobody to answer. Counted by onRequestAbort.
               return;
             }
@@ -429,6 +429,14 @@ function policyCheck(engine: PolicyEvaluator | undefined): { ok: boolean; latenc
   } catch (err) {
     return { ok: false, latency_ms: Math.round(performance.now() - started), error: (err as Error).message.split('\n')[0]! };
   }
+}
+
+/**
+ * The agent's connection is gone. Not `request.raw.destroyed`: Node also destroys a request once
+ * its body has been read to the end, and the agent is still waiting for its answer then.
+ */
+export function clientGone(request: { raw: { socket?: { destroyed?: boolean } | null } }): boolean {
+  return request.raw.socket?.destroyed === true;
 }
 
 function elapsedMs(started: bigint): number {

@@ -50,7 +50,8 @@ export function installErrorHandling(
   app.setErrorHandler((err, request, reply) => {
     const error = toCaracalError(err);
     const fields = { request_id: request.id, code: error.code, status: error.statusCode, reasons: error.reasons };
-    if (request.raw.destroyed) {
+    // Not `request.raw.destroyed`: Node sets that once a body has been read, with the client waiting.
+    if (request.raw.socket?.destroyed === true) {
       // The client went away mid-request (reset, timeout on its side): not a server error.
       log.info(fields, `client aborted: ${error.message}`);
       return;
@@ -59,7 +60,10 @@ export function installErrorHandling(
     else log.info(fields, error.message);
     const retryAfter = error.details.retry_after_seconds;
     if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
-    reply.code(error.statusCode).send(dialectErrorBody(dialectOf?.(request), error, request.id));
+    const dialect = dialectOf?.(request);
+    // The Anthropic SDK reads the request id from `request-id` (it shows it in its errors).
+    if (dialect === 'anthropic') reply.header('request-id', request.id);
+    reply.code(error.statusCode).send(dialectErrorBody(dialect, error, request.id));
   });
   if (!notFound) return;
   app.setNotFoundHandler((request, reply) => {

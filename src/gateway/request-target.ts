@@ -49,7 +49,8 @@ function refuse(reason: string, message: string): never {
 function normalisePercent(segment: string): string {
   return segment.replace(PERCENT, (_match, hex: string) => {
     const code = Number.parseInt(hex, 16);
-    if (code === 0x5c) refuse('path_traversal', 'the request path encodes a backslash');
+    // An encoded backslash or NUL can end or climb out of a path on the upstream's side.
+    if (code === 0x5c || code === 0) refuse('path_traversal', 'the request path encodes a backslash or NUL');
     if (code < 0x20 || code === 0x7f) refuse('bad_encoding', 'the request path encodes a control character or NUL');
     const char = String.fromCharCode(code);
     return code < 0x80 && UNRESERVED.test(char) ? char : `%${hex.toUpperCase()}`;
@@ -78,6 +79,7 @@ export class UpstreamTargetBuilder {
       refuse('non_canonical_target', `the upstream must be named plainly, as ${this.prefix}/…`);
     }
     const rest = rawPath.slice(this.prefix.length);
+    if (rest.includes('\\')) refuse('path_traversal', 'the request path contains a backslash');
     if (rest.includes(';')) refuse('path_parameters', 'the request path contains ";" (path parameters are not forwarded)');
     if (!PATH_CHARS.test(rest)) refuse('bad_characters', 'the request path contains characters that must be percent-encoded');
     if (BAD_PERCENT.test(rest)) refuse('bad_encoding', 'the request path contains a malformed percent-encoding');

@@ -146,8 +146,11 @@ describe('LocalEventLog specifics (PGlite)', () => {
       });
     const one = await member('one');
     const two = await member('two');
-    // Let the second member's claims settle before publishing (one → releases, two → claims).
-    await sleep(600);
+    // The second member's claims settle before publishing (one → releases, two → claims).
+    await waitUntil(async () => {
+      const { rows } = await db.query<{ owner: string }>('SELECT owner FROM event_partition_claims WHERE group_id = $1 AND topic = $2', [group, t]);
+      return rows.length === 4 && new Set(rows.map((r) => r.owner)).size === 2;
+    }, 'both members holding partitions');
     await log.publish(t, Array.from({ length: 200 }, (_, i) => ({ key: `key-${i}`, value: `v${i}` })));
     await waitUntil(() => handled.length >= 200, '200 messages');
     await sleep(300);
@@ -162,20 +165,43 @@ describe('LocalEventLog specifics (PGlite)', () => {
     expect(new Set(handled.map((h) => h.member))).toEqual(new Set(['one', 'two']));
   });
 
-  it('takes over a partition whose owner died once its lease expires', async () => {
+  it('takes over a partition whose owner died once its lease expires, and not before', async () => {
     const t = randomName('topic');
     const group = randomName('group');
     await log.createTopics([{ name: t, partitions: 1, replicationFactor: 1 }]);
-    // A member that crashed: its rows stay until they expire.
-    await db.query(`INSERT INTO event_group_members (group_id, topic, member_id, expires_at) VALUES ($1, $2, 'ghost', now() + interval '1 second')`, [group, t]);
-    await db.query(`INSERT INTO event_partition_claims (group_id, topic, partition, owner, expires_at) VALUES ($1, $2, 0, 'ghost', now() + interval '1 second')`, [group, t]);
+    // A member that crashed: its rows stay until they expire, which is when this test says.
+    await db.query(`INSERT INTO event_group_members (group_id, topic, member_id, expires_at) VALUES ($1, $2, 'ghost', now() + interval '1 hour')`, [group, t]);
+    await db.query(`INSERT INTO event_partition_claims (group_id, topic, partition, owner, expires_at) VALUES ($1, $2, 0, 'ghost', now() + interval '1 hour')`, [group, t]);
     await log.publish(t, [{ key: 'k', value: 'v' }]);
-    const received: number[] = [];
-    const started = Date.now();
-    const subscription = await log.subscribe({ groupId: group, topics: [t], handler: async () => void received.push(Date.now()) });
-    await waitUntil(() => received.length === 1, 'the take-over');
-    await subscription.stop();
-    expect(received[0]! - started).toBeGreaterThanOrEqual(700);
+    const owner = async () => (await db.query<{ owner: string }>('SELECT owner FROM event_partition_claims WHERE group_id = $1 AND topic = $2 AND partition = 0', [group, t])).rows.map((r) => r.owner);
+    const members = async () => (await db.query<{ member_id: string; at: string }>('SELECT member_id, expires_at::text AS at FROM event_group_members WHERE group_id = $1', [group])).rows;
+    const received: LogMessage[] = [];
+    const subscription = await log.subscribe({ groupId: group, topics: [t], handler: async (m) => void received.push(m) });
+    try {
+      // The new member refreshes its lease every heartbeat and rebalances as often: let several
+      // heartbeats pass while the ghost's lease holds, each one a chance to take the partition early.
+      const heartbeats = new Set<string>();
+      let newcomer = '';
+      await waitUntil(async () => {
+        for (const m of await members()) {
+          if (m.member_id === 'ghost') continue;
+          newcomer = m.member_id;
+          heartbeats.add(m.at);
+        }
+        return heartbeats.size >= 4;
+      }, 'four heartbeats of the new member');
+      expect(received).toEqual([]);
+      expect(await owner()).toEqual(['ghost']);
+
+      await db.query(`UPDATE event_group_members SET expires_at = now() - interval '1 second' WHERE group_id = $1 AND member_id = 'ghost'`, [group]);
+      await db.query(`UPDATE event_partition_claims SET expires_at = now() - interval '1 second' WHERE group_id = $1 AND owner = 'ghost'`, [group]);
+      await waitUntil(() => received.length === 1, 'the take-over');
+      expect(received.map((m) => m.value)).toEqual(['v']);
+      expect(await owner()).toEqual([newcomer]);
+      expect((await members()).map((m) => m.member_id)).toEqual([newcomer]);
+    } finally {
+      await subscription.stop();
+    }
   });
 
   it('starts a new group at the end when fromBeginning is false', async () => {

@@ -1,5 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHarness, readDecisions, type Harness } from '../helpers/gateway-harness.js';
@@ -401,5 +403,69 @@ describe('unauthenticated sources', () => {
     const recorded = await readDecisions(await h.ctx.events(), h.ctx.topics.decisions, (d) => decisionIds.every((id) => d.some((x) => x.decision_id === id)));
     for (const id of decisionIds) expect(recorded.some((d) => d.decision_id === id && !d.allow)).toBe(true);
     expect(recorded.some((d) => d.status === 429 && d.reasons.includes('unauthenticated_rate_limited'))).toBe(true);
+  });
+});
+
+describe('access log and client aborts', () => {
+  let up: RecordingUpstream;
+  let h: Harness;
+  let port: number;
+  let token: string;
+  let agent: string;
+  const lines: Record<string, unknown>[] = [];
+
+  beforeAll(async () => {
+    up = await startRecordingUpstream();
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line.trim()) lines.push(JSON.parse(line) as Record<string, unknown>);
+        callback();
+      },
+    });
+    h = await createHarness({ extraUpstreams: [{ name: 'up', url: up.url }], logger: pino({ level: 'info' }, sink) });
+    agent = await h.registerAgent();
+    await h.op('policy.create', { principalId: agent, resources: ['api:external/up'], actions: ['read'], maxValiditySeconds: 3600 });
+    await h.op('allowlist.create', { principalId: agent, pattern: `${up.url}/**`, patternType: 'glob' });
+    token = await h.token(agent);
+    port = await listen(h);
+  });
+  afterAll(async () => {
+    await h?.close();
+    await up?.close();
+  });
+
+  it('writes one access line per request with method, path, status, upstream, principal, decision and duration', async () => {
+    const reply = await rawRequest(port, rawGet('/proxy/up/items?secret=1', { authorization: `Bearer ${token}` }));
+    expect(reply.status).toBe(200);
+    const decisionId = headerOf(reply.head, 'x-caracal-decision-id');
+    await expect.poll(() => lines.filter((l) => l.decision_id === decisionId && l.msg === 'request')).toHaveLength(1);
+    const line = lines.find((l) => l.decision_id === decisionId && l.msg === 'request')!;
+    expect(line).toMatchObject({ component: 'access', method: 'GET', path: '/proxy/up/items', status: 200, upstream: 'up', principal_id: agent, request_id: headerOf(reply.head, 'x-request-id') });
+    expect(line.duration_ms).toEqual(expect.any(Number));
+    expect(JSON.stringify(line)).not.toContain(token);
+  });
+
+  it('counts clients that hang up mid-request as aborts at info level, never as a 500 at error level', async () => {
+    const abortsBefore = (await h.assembled.metrics.clientAborts.get()).values.reduce((sum, v) => sum + v.value, 0);
+    const count = 20;
+    await Promise.all(
+      Array.from({ length: count }, (_, i) =>
+        new Promise<void>((resolve) => {
+          const socket = net.connect(port, '127.0.0.1', () => socket.write(rawGet(`/proxy/up/slow?ms=1500&i=${i}`, { authorization: `Bearer ${token}` })));
+          socket.on('error', () => {});
+          setTimeout(() => {
+            socket.destroy();
+            resolve();
+          }, 300);
+        }),
+      ),
+    );
+    await expect.poll(async () => (await h.assembled.metrics.clientAborts.get()).values.reduce((sum, v) => sum + v.value, 0), { timeout: 10_000 }).toBeGreaterThanOrEqual(abortsBefore + count);
+    // Let the upstream answers arrive for connections that are gone.
+    await new Promise((resolve) => setTimeout(resolve, 1_800));
+    expect(lines.filter((l) => (l.level as number) >= 50)).toEqual([]);
+    expect(lines.filter((l) => l.msg === 'client aborted the request').length).toBeGreaterThanOrEqual(count);
+    // Their concurrency slots are free again: the agent is served.
+    expect((await rawRequest(port, rawGet('/proxy/up/after', { authorization: `Bearer ${token}` }))).status).toBe(200);
   });
 });
