@@ -149,7 +149,8 @@ deny_reasons contains "scope_action" if {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Mandates (DESIGN.md §3): the gateway verified the signature; the chain facts decide here.
+# Mandates (docs/architecture.md, "The authority model"): the gateway verified the signature;
+# the chain facts decide here.
 
 has_mandate if input.mandate != null
 
@@ -266,11 +267,24 @@ deny_reasons contains "emergency_stop" if {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Allowlist: the gateway matched the concrete upstream URL against the principal's entries.
+# Allowlist: the gateway matched the concrete upstream URL against the principal's entries (and,
+# under a delegated mandate, against each ancestor's).
 
 allowlist_matched if input.allowlist.matched == true
 
 deny_reasons contains "allowlist_no_match" if not allowlist_matched
+
+# Delegation only narrows, URLs included: the URL must also be on the allowlist of every principal
+# up the mandate chain (the gateway sends each link's own result), or a delegator could reach
+# through a delegate a URL it may not call itself. A link without allowlist facts is a deny.
+# (A positive helper negated, as for the emergency facts: it is true when the field is missing.)
+ancestor_allowlist_matched(link) if link.allowlist.matched == true
+
+mandate_problems contains "allowlist_ancestor_denied" if {
+	mandate_well_formed
+	some link in input.mandate.chain
+	not ancestor_allowlist_matched(link)
+}
 
 # Glob with "/" as the only delimiter: `*` stays within one segment, `**` crosses segments.
 # Patterns are anchored: "api:external/echo" does not match "api:external/echo2".

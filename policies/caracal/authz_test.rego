@@ -281,7 +281,13 @@ mandate(over) := object.union(
 	over,
 )
 
-delegated := mandate({"id": "m-2", "depth": 1, "chain": [{"id": "m-1", "subject": "root-agent", "subject_status": "active", "revoked": false}]})
+# An ancestor link as the gateway sends it: active, unrevoked, the URL on its allowlist.
+link(over) := object.union(
+	{"id": "m-1", "subject": "root-agent", "subject_status": "active", "revoked": false, "allowlist": allowlisted},
+	over,
+)
+
+delegated := mandate({"id": "m-2", "depth": 1, "chain": [link({})]})
 
 under(m) := object.union(mk_input(active, [ext_rw_delegable], read_echo), {"mandate": m})
 
@@ -313,20 +319,17 @@ test_reason_mandate_not_yet_valid if decide(under(mandate({"not_before": 1767225
 test_reason_mandate_revoked if decide(under(mandate({"revoked": true}))).reasons == ["mandate_revoked"]
 
 test_reason_mandate_revoked_ancestor if {
-	m := object.union(delegated, {"chain": [{"id": "m-1", "subject": "root-agent", "subject_status": "active", "revoked": true}]})
+	m := object.union(delegated, {"chain": [link({"revoked": true})]})
 	decide(under(m)).reasons == ["mandate_revoked"]
 }
 
 test_reason_delegator_inactive if {
-	m := object.union(delegated, {"chain": [{"id": "m-1", "subject": "root-agent", "subject_status": "suspended", "revoked": false}]})
+	m := object.union(delegated, {"chain": [link({"subject_status": "suspended"})]})
 	decide(under(m)).reasons == ["delegator_inactive"]
 }
 
 test_reason_delegation_depth_is_checked_against_the_policy_now if {
-	m := mandate({"depth": 2, "chain": [
-		{"id": "m-0", "subject": "a", "subject_status": "active", "revoked": false},
-		{"id": "m-1", "subject": "b", "subject_status": "active", "revoked": false},
-	]})
+	m := mandate({"depth": 2, "chain": [link({"id": "m-0", "subject": "a"}), link({"subject": "b"})]})
 	decide(under(m)).reasons == ["delegation_depth"]
 }
 
@@ -335,6 +338,46 @@ test_reason_malformed_mandate_is_input_invalid if {
 	decide(under(mandate({"chain": [{"id": "m-0"}]}))).reasons == ["input_invalid"]
 	decide(under(mandate({"revoked": "no"}))).reasons == ["input_invalid"]
 }
+
+# --- every ancestor's allowlist binds the delegate too -------------------------------------------
+
+not_allowlisted := {"checked": true, "matched": false, "entry_id": null}
+
+test_mandate_delegated_ancestor_allowlist_matched_allows if {
+	d := decide(under(delegated))
+	d == {"allow": true, "reasons": [], "policy_ids": ["p-root"]}
+}
+
+test_reason_allowlist_ancestor_denied if {
+	m := object.union(delegated, {"chain": [link({"allowlist": not_allowlisted})]})
+	decide(under(m)) == {"allow": false, "reasons": ["allowlist_ancestor_denied"], "policy_ids": []}
+}
+
+test_reason_allowlist_ancestor_denied_middle_of_the_chain if {
+	deep := object.union(ext_rw_delegable, {"delegation_depth": 2})
+	m := mandate({"id": "m-3", "depth": 2, "chain": [
+		link({"id": "m-1", "subject": "a"}),
+		link({"id": "m-2", "subject": "b", "allowlist": not_allowlisted}),
+	]})
+	decide(object.union(under(m), {"policies": [deep]})).reasons == ["allowlist_ancestor_denied"]
+}
+
+test_reason_allowlist_ancestor_and_caller_both_reported if {
+	m := object.union(delegated, {"chain": [link({"allowlist": not_allowlisted})]})
+	inp := object.union(under(m), {"allowlist": not_allowlisted})
+	decide(inp).reasons == ["allowlist_ancestor_denied", "allowlist_no_match"]
+}
+
+# Fail closed: a link without an allowlist result, or with one that is not an object, is a deny.
+test_missing_ancestor_allowlist_facts_deny if {
+	bare := object.remove(link({}), ["allowlist"])
+	decide(under(object.union(delegated, {"chain": [bare]}))).reasons == ["allowlist_ancestor_denied"]
+	decide(under(object.union(delegated, {"chain": [link({"allowlist": null})]}))).reasons == ["allowlist_ancestor_denied"]
+	decide(under(object.union(delegated, {"chain": [link({"allowlist": {"matched": "true"}})]}))).reasons == ["allowlist_ancestor_denied"]
+}
+
+# A root mandate has no ancestors: only the caller's allowlist applies.
+test_root_mandate_needs_no_ancestor_allowlist if decide(under(mandate({}))).allow
 
 # --- emergency stop and allowlist ------------------------------------------------------------------
 

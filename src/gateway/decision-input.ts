@@ -5,7 +5,7 @@ import type { VerifiedToken } from '../authority/tokens.js';
 import type { DecisionInput, RequestFact } from '../policy/engine.js';
 import type { AuthResult } from './authenticate.js';
 
-/** The allowlist result the policy sees (DESIGN.md §2 step 3). */
+/** The allowlist result the policy sees (docs/architecture.md, "The request path"). */
 export interface AllowlistFact {
   checked: boolean;
   matched: boolean;
@@ -29,11 +29,38 @@ function factsOf(source: AuthorityFacts, id: string): PrincipalFacts | null | Pr
   return known !== undefined ? known : source.get(id);
 }
 
+/** One ancestor of the mandate, root first (policies/README.md, input contract). */
+export interface MandateLinkFact {
+  id: string;
+  subject: string;
+  subject_status: string;
+  revoked: boolean;
+  /** The concrete upstream URL against this ancestor's own allowlist. */
+  allowlist: AllowlistFact;
+}
+
+export interface MandateFact {
+  id: string;
+  subject: string;
+  depth: number;
+  resources: string[];
+  actions: string[];
+  not_before: number;
+  expires_at: number;
+  revoked: boolean;
+  root_policy_id: string;
+  chain: MandateLinkFact[];
+}
+
 /**
- * Every fact the policy decides on (DESIGN.md §2 step 4): the caller, the authority policies that
+ * Every fact the policy decides on (docs/architecture.md, "The request path"): the caller, the authority policies that
  * can grant (the caller's own, or under a mandate the root principal's), the mandate and its
- * chain (revocation and status of every link), the allowlist result and the emergency flags.
- * Reads memory only, except a first sight of a principal.
+ * chain (revocation, status and allowlist result of every link), the allowlist result and the
+ * emergency flags. Reads memory only, except a first sight of a principal.
+ *
+ * Every ancestor's allowlist is checked as well as the caller's because delegation only narrows:
+ * a delegator must not reach, through a delegate with a wider allowlist, a URL it may not call
+ * itself. Each principal's check applies its own `allowlists.whenEmpty` rule.
  */
 export async function buildDecisionInput(
   source: DecisionFacts,
@@ -46,13 +73,21 @@ export async function buildDecisionInput(
   const own = await factsOf(source.facts, auth.principalId);
   const subjects = [auth.principalId];
   let policies = own?.policies ?? [];
-  let mandateFact: DecisionInput['mandate'] = null;
+  const allowlist = await source.allowlist.check(auth.principalId, url);
+  let mandateFact: MandateFact | null = null;
   if (mandate?.mandate) {
     const claims = mandate.mandate;
-    const chain = [];
+    // A subject may appear more than once along a chain (A → B → A): check each principal once.
+    const allowlists = new Map<string, AllowlistFact>([[auth.principalId, allowlist]]);
+    const chain: MandateLinkFact[] = [];
     for (const link of claims.chain) {
       const linkFacts = await factsOf(source.facts, link.sub);
-      chain.push({ id: link.id, subject: link.sub, subject_status: linkFacts?.principal.status ?? 'unknown', revoked: source.revocations.has(link.id) });
+      let linkAllowlist = allowlists.get(link.sub);
+      if (!linkAllowlist) {
+        linkAllowlist = await source.allowlist.check(link.sub, url);
+        allowlists.set(link.sub, linkAllowlist);
+      }
+      chain.push({ id: link.id, subject: link.sub, subject_status: linkFacts?.principal.status ?? 'unknown', revoked: source.revocations.has(link.id), allowlist: linkAllowlist });
       subjects.push(link.sub);
     }
     const rootSubject = claims.chain[0]?.sub ?? mandate.principalId;
@@ -75,7 +110,7 @@ export async function buildDecisionInput(
     policies,
     mandate: mandateFact,
     request,
-    allowlist: await source.allowlist.check(auth.principalId, url),
+    allowlist,
     emergency: source.emergency.flags(subjects),
     auth: { method: auth.method },
     now,

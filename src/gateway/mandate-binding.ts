@@ -11,16 +11,44 @@ export interface MandateBindingDeps {
   verifyMandate: (token: string) => Promise<VerifiedToken>;
 }
 
+/** The reason on the 401 when a delegated mandate is presented as the bearer token. */
+export const MANDATE_UNBOUND = 'mandate_unbound';
+
 /**
- * The mandate a request acts under, or null: the bearer token itself when it is one; otherwise
- * (an access token, mTLS or an external token proved who is calling) the `caracal-mandate`
- * header, verified like a bearer token. Whether its subject is the caller is for the policy to check.
+ * The mandate a request acts under, or null.
+ *
+ * Holding a mandate does not prove being its subject: `POST /v1/mandates/delegate` returns the
+ * child to its delegator, so a delegator holds every child it made. Were a child taken as proof of
+ * its subject, the delegator could act as its delegate — with the delegate's allowlist and grants.
+ * So a mandate is bound to its subject's own authentication:
+ *
+ * - a **root** mandate (depth 0) is issued by an operator to its subject and may be the bearer
+ *   token itself;
+ * - a **delegated** mandate (depth ≥ 1) is accepted only in the `caracal-mandate` header, next to a
+ *   credential of the caller's own (a Caracal access token, an mTLS certificate or an external IdP
+ *   token). As the bearer it is refused with 401 (`mandate_unbound`); next to another principal's
+ *   credential the policy denies it (`mandate_subject_mismatch`).
+ *
+ * A mandate as the bearer together with another in the header is refused as ambiguous.
  */
 export async function resolveMandate(request: FastifyRequest, verified: AuthResult, deps: MandateBindingDeps): Promise<VerifiedToken | null> {
-  let mandate = verified.token?.mandate ? verified.token : null;
-  const mandateHeader = request.headers['caracal-mandate'];
-  if (!mandate && typeof mandateHeader === 'string') mandate = await deps.verifyMandate(mandateHeader);
-  if (mandate && !mandate.mandate) throw new TokenRejected('bad_claims', 'the caracal-mandate header does not hold a mandate');
+  const header = request.headers['caracal-mandate'];
+  const bearer = verified.token;
+  if (bearer?.mandate) {
+    if (bearer.mandate.depth > 0) {
+      throw new TokenRejected(
+        'mandate_unbound',
+        "a delegated mandate is not a credential: send it in the caracal-mandate header next to its subject's own token, certificate or IdP token",
+        [MANDATE_UNBOUND],
+      );
+    }
+    if (header !== undefined) throw new TokenRejected('malformed', 'a mandate as the bearer token and another in the caracal-mandate header');
+    return bearer;
+  }
+  if (header === undefined) return null;
+  if (typeof header !== 'string') throw new TokenRejected('malformed', 'more than one caracal-mandate header');
+  const mandate = await deps.verifyMandate(header);
+  if (!mandate.mandate) throw new TokenRejected('bad_claims', 'the caracal-mandate header does not hold a mandate');
   return mandate;
 }
 
@@ -43,16 +71,25 @@ export interface DelegationRouteDeps extends MandateBindingDeps {
 }
 
 /**
- * `POST /v1/mandates/delegate`: agents delegate to sub-agents themselves. The bearer must be the
- * parent mandate (holding it is what proves being its subject); scope, time and depth rules are
- * those of `mandate delegate`.
+ * `POST /v1/mandates/delegate`: agents delegate to sub-agents themselves. The parent mandate is
+ * presented as on any other call (see `resolveMandate`): a root mandate as the bearer, a delegated
+ * one in `caracal-mandate` next to its subject's own credential — so only the parent's subject can
+ * delegate it, never a delegator that merely holds it. Scope, time and depth rules are those of
+ * `mandate delegate`.
  */
 export function registerDelegationRoute(app: FastifyInstance, deps: DelegationRouteDeps): void {
   app.post('/v1/mandates/delegate', { bodyLimit: 64 * 1024 }, async (request, reply) => {
     if (deps.isClosing()) throw new CaracalError('CARACAL_SHUTTING_DOWN');
     const auth = await deps.authenticator.authenticate(request);
-    const parent = auth.token;
-    if (!parent?.mandate) throw new CaracalError('CARACAL_POLICY_DENIED', 'delegation needs the parent mandate as the bearer token', { reasons: ['mandate_required'] });
+    const parent = await resolveMandate(request, auth, deps);
+    if (!parent?.mandate) {
+      throw new CaracalError('CARACAL_POLICY_DENIED', 'delegation needs the parent mandate: a root mandate as the bearer token, or a mandate in the caracal-mandate header', {
+        reasons: ['mandate_required'],
+      });
+    }
+    if (parent.principalId !== auth.principalId) {
+      throw new CaracalError('CARACAL_POLICY_DENIED', 'only the subject of the parent mandate may delegate it', { reasons: ['mandate_subject_mismatch'] });
+    }
     const subjects = [auth.principalId, ...parent.mandate.chain.map((link) => link.sub)];
     const stopped = deps.emergency.flags(subjects);
     if (stopped.global || stopped.principal) throw new CaracalError('CARACAL_POLICY_DENIED', 'an emergency stop is in force', { reasons: ['emergency_stop'] });

@@ -183,7 +183,13 @@ export async function createHarness(options: HarnessOptions = {}): Promise<Harne
         ...backendConfig(backend, options.configOverrides),
         home,
         logLevel: 'silent',
-        gateway: { ...options.configOverrides?.gateway, upstreams: [{ name: 'echo', url: upstream.url }, ...(options.extraUpstreams ?? [])] },
+        gateway: {
+          // Suites send many failing tokens from one address on purpose; the per-source limit is
+          // under test only where a suite sets it.
+          limits: { unauthenticatedPerSource: { ratePerSecond: 100_000, burst: 100_000 } },
+          ...options.configOverrides?.gateway,
+          upstreams: [{ name: 'echo', url: upstream.url }, ...(options.extraUpstreams ?? [])],
+        },
       },
     });
     ports = await openPorts(backend, config, options);

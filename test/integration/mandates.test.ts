@@ -16,6 +16,13 @@ describe('mandates and delegation', () => {
 
   const call = (token: string, method = 'GET', url = '/proxy/echo/v1/x', headers: Record<string, string> = {}) =>
     h.assembled.gateway.app.inject({ method: method as 'GET', url, headers: { authorization: `Bearer ${token}`, ...headers } });
+  /**
+   * A call under a mandate the way its subject makes it: a root mandate as the bearer, a delegated
+   * one in `caracal-mandate` next to the subject's own access token (a delegated mandate alone is
+   * refused: its delegator holds it too).
+   */
+  const act = async (m: IssuedMandate, method = 'GET', url = '/proxy/echo/v1/x', headers: Record<string, string> = {}) =>
+    m.depth === 0 ? call(m.token, method, url, headers) : call(await h.token(m.principalId), method, url, { 'caracal-mandate': m.token, ...headers });
   const issue = (args: Record<string, unknown>) => h.op('mandate.issue', args) as Promise<IssuedMandate>;
   const delegate = (parent: IssuedMandate, args: Record<string, unknown>) => h.op('mandate.delegate', { parentToken: parent.token, parentId: parent.id, ...args }) as Promise<IssuedMandate>;
   async function refusal(promise: Promise<unknown>): Promise<CaracalError> {
@@ -28,10 +35,10 @@ describe('mandates and delegation', () => {
     throw new Error('expected a refusal');
   }
   /** Polls until the gateway's answer has the status, bounded (the change travels by agent.lifecycle). */
-  async function eventually(token: string, status: number, headers: Record<string, string> = {}) {
+  async function eventually(credential: string | IssuedMandate, status: number) {
     const deadline = Date.now() + 3_000;
     for (;;) {
-      const response = await call(token, 'GET', '/proxy/echo/v1/x', headers);
+      const response = typeof credential === 'string' ? await call(credential) : await act(credential);
       if (response.statusCode === status || Date.now() > deadline) return response;
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
@@ -69,8 +76,8 @@ describe('mandates and delegation', () => {
     const parent = await issue({ principalId: root, resources: ['api:external/*'], actions: ['read', 'write'], validitySeconds: 600 });
     const narrowed = await delegate(parent, { principalId: child, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 300 });
     expect(decodeJwt(narrowed.token)).toMatchObject({ sub: child, parent: parent.id, depth: 1, root: parent.id, chain: [{ id: parent.id, sub: root }] });
-    expect((await call(narrowed.token)).statusCode).toBe(200);
-    expect((await call(narrowed.token, 'POST')).json().reasons).toEqual(['scope_action']);
+    expect((await act(narrowed)).statusCode).toBe(200);
+    expect((await act(narrowed, 'POST')).json().reasons).toEqual(['scope_action']);
 
     expect((await refusal(delegate(parent, { principalId: child, resources: ['api:external/**'], actions: ['read'], validitySeconds: 60 }))).reasons).toEqual(['scope_widening']);
     expect((await refusal(delegate(parent, { principalId: child, resources: ['mcp:github/x'], actions: ['read'], validitySeconds: 60 }))).reasons).toEqual(['scope_widening']);
@@ -83,13 +90,13 @@ describe('mandates and delegation', () => {
 
   it('lets an agent delegate through the gateway with its own mandate, under the same rules', async () => {
     const parent = await issue({ principalId: root, resources: ['api:external/*'], actions: ['read', 'write'], validitySeconds: 600 });
-    const post = (token: string | null, body: unknown) =>
-      h.assembled.gateway.app.inject({ method: 'POST', url: '/v1/mandates/delegate', headers: token ? { authorization: `Bearer ${token}` } : {}, payload: body as object });
+    const post = (token: string | null, body: unknown, headers: Record<string, string> = {}) =>
+      h.assembled.gateway.app.inject({ method: 'POST', url: '/v1/mandates/delegate', headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers }, payload: body as object });
     const created = await post(parent.token, { agent_id: child, resources: ['api:external/echo'], actions: ['read'], validity: 120 });
     expect(created.statusCode).toBe(201);
     const childMandate = created.json() as IssuedMandate;
     expect(childMandate).toMatchObject({ principalId: child, parentId: parent.id, depth: 1 });
-    expect((await call(childMandate.token)).statusCode).toBe(200);
+    expect((await act(childMandate)).statusCode).toBe(200);
 
     expect((await post(null, { agent_id: child, resources: ['api:external/echo'], actions: ['read'], validity: 60 })).statusCode).toBe(401);
     const withAccess = await post(await h.token(root), { agent_id: child, resources: ['api:external/echo'], actions: ['read'], validity: 60 });
@@ -98,7 +105,11 @@ describe('mandates and delegation', () => {
     const widening = await post(parent.token, { agent_id: child, resources: ['api:external/**'], actions: ['read'], validity: 60 });
     expect(widening.statusCode).toBe(403);
     expect(widening.json().reasons).toEqual(['scope_widening']);
-    const tooDeep = await post(childMandate.token, { agent_id: grandchild, resources: ['api:external/echo'], actions: ['read'], validity: 60 });
+    // a delegated parent only next to its subject's own credential; then the depth rule applies
+    const childAlone = await post(childMandate.token, { agent_id: grandchild, resources: ['api:external/echo'], actions: ['read'], validity: 60 });
+    expect(childAlone.statusCode).toBe(401);
+    expect(childAlone.json().reasons).toEqual(['mandate_unbound']);
+    const tooDeep = await post(await h.token(child), { agent_id: grandchild, resources: ['api:external/echo'], actions: ['read'], validity: 60 }, { 'caracal-mandate': childMandate.token });
     expect(tooDeep.json().reasons).toEqual(['delegation_depth']);
     // someone else's mandate named as parent while holding this one
     const other = await issue({ principalId: root, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 600 });
@@ -142,22 +153,22 @@ describe('mandates and delegation', () => {
     const parent = await issue({ principalId: root, resources: ['api:external/*'], actions: ['read'], validitySeconds: 600 });
     const a = await delegate(parent, { principalId: child, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 300 });
     const b = await delegate(parent, { principalId: grandchild, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 300 });
-    for (const m of [parent, a, b]) expect((await call(m.token)).statusCode).toBe(200);
+    for (const m of [parent, a, b]) expect((await act(m)).statusCode).toBe(200);
 
     expect(await h.op('mandate.revoke', { mandateId: a.id })).toEqual({ revoked: [a.id] });
-    expect((await eventually(a.token, 403)).json().reasons).toEqual(['mandate_revoked']);
-    expect((await call(b.token)).statusCode).toBe(200);
+    expect((await eventually(a, 403)).json().reasons).toEqual(['mandate_revoked']);
+    expect((await act(b)).statusCode).toBe(200);
 
     // revoking the parent without cascade still stops b: its chain holds a revoked ancestor
     expect(await h.op('mandate.revoke', { mandateId: parent.id })).toEqual({ revoked: [parent.id] });
-    expect((await eventually(b.token, 403)).json().reasons).toEqual(['mandate_revoked']);
-    expect((await eventually(parent.token, 403)).json().reasons).toEqual(['mandate_revoked']);
+    expect((await eventually(b, 403)).json().reasons).toEqual(['mandate_revoked']);
+    expect((await eventually(parent, 403)).json().reasons).toEqual(['mandate_revoked']);
 
     const p2 = await issue({ principalId: root, resources: ['api:external/*'], actions: ['read'], validitySeconds: 600 });
     const c2 = await delegate(p2, { principalId: child, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 300 });
     const cascaded = (await h.op('mandate.revoke', { mandateId: p2.id, cascade: true })) as { revoked: string[] };
     expect(cascaded.revoked.sort()).toEqual([p2.id, c2.id].sort());
-    expect((await eventually(c2.token, 403)).json().reasons).toEqual(['mandate_revoked']);
+    expect((await eventually(c2, 403)).json().reasons).toEqual(['mandate_revoked']);
     // delegation from a revoked parent is refused
     expect((await refusal(delegate(p2, { principalId: child, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 60 }))).reasons).toEqual(['mandate_revoked']);
   });
@@ -167,11 +178,11 @@ describe('mandates and delegation', () => {
     const d = await delegate(parent, { principalId: child, resources: ['api:external/echo'], actions: ['read'], validitySeconds: 300 });
     await h.op('agent.suspend', { id: root });
     try {
-      expect((await eventually(d.token, 403)).json().reasons).toEqual(['delegator_inactive']);
+      expect((await eventually(d, 403)).json().reasons).toEqual(['delegator_inactive']);
     } finally {
       await h.op('agent.resume', { id: root });
     }
-    expect((await eventually(d.token, 200)).statusCode).toBe(200);
+    expect((await eventually(d, 200)).statusCode).toBe(200);
   });
 
   it('emergency stop: global and per principal (including its delegates), then resume', async () => {
@@ -182,10 +193,10 @@ describe('mandates and delegation', () => {
     expect((await eventually(strangerAccess, 200)).statusCode).toBe(200);
 
     await h.op('emergency.stop', { principalId: root, reason: 'test' });
-    expect((await eventually(d.token, 403)).json().reasons).toEqual(['emergency_stop']);
+    expect((await eventually(d, 403)).json().reasons).toEqual(['emergency_stop']);
     expect((await call(strangerAccess)).statusCode).toBe(200);
     await h.op('emergency.resume', { principalId: root });
-    expect((await eventually(d.token, 200)).statusCode).toBe(200);
+    expect((await eventually(d, 200)).statusCode).toBe(200);
 
     await h.op('emergency.stop', {});
     try {
@@ -223,6 +234,8 @@ describe('mandates and delegation', () => {
       ['truncated', real.token.slice(0, real.token.length - 7)],
       ['garbage', 'eyJ.eyJ.x'],
       ['inconsistent chain claims', await forge({ kid: key.kid }, { ...claims, depth: 3 }, key)],
+      // genuine, but a delegated mandate is no credential of its own
+      ['delegated mandate as the bearer', real.token],
     ];
     const before = h.upstream.requests;
     for (const [name, token] of corpus) {
@@ -232,10 +245,13 @@ describe('mandates and delegation', () => {
       expect(response.json().request_id, name).toBeTruthy();
     }
     // x-caracal-* headers from the client change nothing and are not forwarded
-    const spoof = await call(real.token, 'GET', '/proxy/echo/v1/x', { 'x-caracal-principal': root, 'x-caracal-decision': 'allow', 'x-caracal-mandate': parent.token });
+    const spoof = await act(real, 'GET', '/proxy/echo/v1/x', { 'x-caracal-principal': root, 'x-caracal-decision': 'allow', 'x-caracal-mandate': parent.token });
     expect(spoof.statusCode).toBe(200);
-    expect(Object.keys(spoof.json().headers).filter((name) => name.startsWith('x-caracal'))).toEqual([]);
-    const spoofWrite = await call(real.token, 'POST', '/proxy/echo/v1/x', { 'x-caracal-principal': root, 'x-caracal-scope': 'write' });
+    const forwarded = spoof.json().headers as Record<string, string>;
+    // the only x-caracal-* header an upstream may see is the gateway's own decision id
+    expect(Object.keys(forwarded).filter((name) => name.startsWith('x-caracal') && name !== 'x-caracal-decision-id')).toEqual([]);
+    if (forwarded['x-caracal-decision-id'] !== undefined) expect(forwarded['x-caracal-decision-id']).toBe(spoof.headers['x-caracal-decision-id']);
+    const spoofWrite = await act(real, 'POST', '/proxy/echo/v1/x', { 'x-caracal-principal': root, 'x-caracal-scope': 'write' });
     expect(spoofWrite.statusCode).toBe(403);
     expect(h.upstream.requests).toBe(before + 1);
   });
