@@ -45,7 +45,9 @@ if (role === 'upstream') {
     env: { ...process.env, CARACAL_HOME: home, CARACAL_GATEWAY_PORT: '0', CARACAL_ADMIN_PORT: '0', CARACAL_METRICS_PORT: '0', CARACAL_LOG_LEVEL: 'warn' },
     cwd: home,
     overrides: {
-      gateway: { upstreams: [{ name: 'echo', url: upstreamUrl! }] },
+      // The per-principal limiter runs on every request (its cost is measured) but is set wide
+      // enough never to refuse: the benchmark measures throughput, not the limit.
+      gateway: { upstreams: [{ name: 'echo', url: upstreamUrl! }], limits: { perPrincipal: { maxConcurrent: 10_000, rate: { ratePerSecond: 1_000_000, burst: 1_000_000 } } } },
       // --no-token-cache: every request pays the ES256 verification (what the cache saves).
       ...(flags.includes('--no-token-cache') ? { auth: { verifiedTokenCacheSize: 0 } } : {}),
     },
