@@ -1,6 +1,6 @@
 import type { UpstreamDialect } from '../config/schema.js';
 import type { CaracalError } from '../errors/catalog.js';
-import { errorBody } from './errors.js';
+import { errorBody } from './error-body.js';
 
 /**
  * How the gateway speaks to agents of each upstream dialect. Agents point their usual SDK at the

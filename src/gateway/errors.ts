@@ -1,21 +1,12 @@
 import type { FastifyError, FastifyInstance, FastifyRequest } from 'fastify';
 import type { UpstreamDialect } from '../config/schema.js';
 import { ZodError } from 'zod';
-import { CaracalError, type ErrorCode } from '../errors/catalog.js';
+import { CaracalError } from '../errors/catalog.js';
 import type { Logger } from '../logging/logger.js';
 import { dialectErrorBody } from './dialects.js';
+import { errorBody } from './error-body.js';
 
-export interface ErrorBody {
-  error: ErrorCode;
-  message: string;
-  reasons: string[];
-  request_id: string;
-  [extra: string]: unknown;
-}
-
-export function errorBody(error: CaracalError, requestId: string): ErrorBody {
-  return { error: error.code, message: error.message, reasons: error.reasons, ...error.details, request_id: requestId };
-}
+export { errorBody, type ErrorBody } from './error-body.js';
 
 /** Anything thrown becomes a catalog error; unknown errors become a 500 that says nothing internal. */
 export function toCaracalError(err: unknown): CaracalError {

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { CaracalError } from '../errors/catalog.js';
 import { acceptRequestId } from '../util/ids.js';
-import { errorBody } from './errors.js';
+import { errorBody } from './error-body.js';
 
 /**
  * Options every Caracal Fastify instance shares: no per-request log lines from Fastify itself (the
