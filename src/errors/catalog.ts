@@ -17,6 +17,7 @@ export const ERROR_CATALOG = {
   CARACAL_METHOD_NOT_ALLOWED: { status: 405, message: 'this method is not mapped to an action for this upstream' },
   CARACAL_CONFLICT: { status: 409, message: 'the resource already exists or changed concurrently' },
   CARACAL_PAYLOAD_TOO_LARGE: { status: 413, message: 'the request body is too large' },
+  CARACAL_EXPECTATION_FAILED: { status: 417, message: 'the only Expect value supported is 100-continue' },
   CARACAL_HEADERS_TOO_LARGE: { status: 431, message: 'the request headers are too large' },
   CARACAL_RATE_LIMITED: { status: 429, message: 'too many requests; retry after the time in Retry-After' },
   // authentication and authorisation

@@ -57,6 +57,12 @@ export function gatewayServerFactory(config: Readonly<CaracalConfig>) {
     // the request is authenticated. The request is routed as usual instead, and the gateway sends
     // 100 Continue only after an allow (a denial answers without ever asking for the body).
     server.on('checkContinue', listener);
+    // Any other expectation is refused before routing, in Caracal's shape (Node's own 417 has no body).
+    server.on('checkExpectation', (_req: http.IncomingMessage, res: http.ServerResponse) => {
+      const body = JSON.stringify({ error: 'CARACAL_EXPECTATION_FAILED', message: 'the only Expect value supported is 100-continue', reasons: ['expectation_unsupported'], request_id: newId() });
+      res.writeHead(417, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close' });
+      res.end(body);
+    });
     return server;
   };
 }

@@ -211,6 +211,10 @@ describe('gateway hardening', () => {
 
       const denied = await rawRequest(port, `POST /proxy/up/continue HTTP/1.1\r\nhost: g\r\ncontent-length: 10\r\nexpect: 100-continue\r\nconnection: close\r\nauthorization: Bearer nope\r\n\r\n`);
       expect(denied.statuses).toEqual([401]);
+
+      const unsupported = await rawRequest(port, rawGet('/proxy/up/continue', { ...auth(), expect: 'something-else' }));
+      expect(unsupported.status).toBe(417);
+      expect(JSON.parse(unsupported.body)).toMatchObject({ error: 'CARACAL_EXPECTATION_FAILED', request_id: expect.any(String) });
     });
   });
 
