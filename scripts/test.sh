@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `npm test`: provision tools, start real PostgreSQL/Redis/Kafka on loopback in a throw-away state
-# dir, build + typecheck, run the policy tests (scripts/policy-test.sh, if present) and vitest,
+# dir, build + typecheck + lint, run the policy tests (scripts/policy-test.sh, if present) and vitest,
 # then print `N passed, N failed` as the last line (also written to ./test-summary.txt).
 # Arguments are passed to vitest: `npm test -- test/unit`.
-# A failed step (provisioning, service start, build, typecheck, a suite that did not load, vitest
+# A failed step (provisioning, service start, build, typecheck, lint, a suite that did not load, vitest
 # exiting non-zero without a failed test) counts as one failure.
 set -euo pipefail
 
@@ -58,11 +58,13 @@ else
 fi
 [ "$services_up" = 1 ] || echo "test.sh: services are not running; integration tests will fail" >&2
 
-# --- build + typecheck ----------------------------------------------------------------------------
+# --- build + typecheck + lint ---------------------------------------------------------------------
 section "build"
 npm run --silent build || step_failed "npm run build"
 section "typecheck"
 npm run --silent typecheck || step_failed "npm run typecheck"
+section "lint"
+npm run --silent lint || step_failed "npm run lint"
 
 # --- policy tests ---------------------------------------------------------------------------------
 if [ -x "$ROOT/scripts/policy-test.sh" ]; then

@@ -162,6 +162,7 @@ const GLOB_OPTIONS = Object.freeze({ dot: true });
  * in the authority and no control characters, whitespace or backslashes anywhere. The two
  * classes exclude `/` from the authority, so this check is linear.
  */
+// eslint-disable-next-line no-control-regex -- matching control characters is the point: they are refused
 const URL_SHAPE = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#@\\\s\u0000-\u001f\u007f]*(?:\/[^\\\s\u0000-\u001f\u007f]*)?$/;
 
 export function compileAllowlistEntry(entry: AllowlistEntry): CompiledAllowlistEntry {
@@ -211,6 +212,7 @@ function compilePattern(pattern: string, patternType: AllowlistPatternType): Com
   const key = `${patternType}:${pattern}`;
   const cached = compiledPatterns.get(key);
   if (cached) return cached;
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point: they are refused
   const compiled = /[\u0000-\u001f\u007f]/.test(pattern)
     ? { problem: 'must not contain control characters' }
     : patternType === 'regex'

@@ -20,8 +20,10 @@ export interface Principal {
 
 export const RegisterPrincipalArgs = z
   .object({
+    // eslint-disable-next-line no-control-regex -- matching control characters is the point: they are refused
     name: z.string().trim().min(1, 'is required').max(128).regex(/^[^\u0000-\u001f\u007f]+$/, 'must not contain control characters'),
     description: z.string().max(1024).default(''),
+    // eslint-disable-next-line no-control-regex -- matching control characters is the point: they are refused
     owner: z.string().trim().min(1, 'is required').max(256).regex(/^[^\u0000-\u001f\u007f]+$/, 'must not contain control characters'),
     kind: z.enum(['agent', 'service', 'user']).default('agent'),
     parentId: z.string().min(1).max(64).optional(),

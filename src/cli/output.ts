@@ -9,6 +9,7 @@ function cell(value: unknown): string {
   if (value === null || value === undefined) return '-';
   if (Array.isArray(value)) return value.join(' ');
   if (typeof value === 'object') return JSON.stringify(value);
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point: they are blanked out of table cells
   return String(value).replace(/[\u0000-\u001f\u007f]/g, ' ');
 }
 

@@ -18,6 +18,7 @@ import { OPERATIONS } from '../../src/operations/index.js';
 import { migrateUp } from '../../src/store/migrate.js';
 import { PgliteDb } from '../../src/store/pglite-db.js';
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- OpenAPI/JSON documents of arbitrary shape, walked freely by the assertions
 type Json = Record<string, any>;
 
 /** Ajv for JSON Schema 2020-12 (OpenAPI 3.1's dialect) over a document: `#/components/schemas/X` resolves. */

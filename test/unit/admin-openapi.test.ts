@@ -7,6 +7,7 @@ import { createLogger } from '../../src/logging/logger.js';
 import { op } from '../../src/operations/define.js';
 import { OPERATIONS } from '../../src/operations/index.js';
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- OpenAPI/JSON documents of arbitrary shape, walked freely by the assertions
 type Json = Record<string, any>;
 
 /** The document a table of operations produces, without a database: runs echo their arguments. */
