@@ -1,4 +1,5 @@
 import { decodeProtectedHeader, errors as joseErrors, jwtVerify, SignJWT, type JWTPayload } from 'jose';
+import { LRUCache } from 'lru-cache';
 import { CaracalError } from '../errors/catalog.js';
 import { newId } from '../util/ids.js';
 import { z } from 'zod';
@@ -160,42 +161,48 @@ function mapJoseError(err: unknown): TokenRejected {
 
 /**
  * Verifications are cached until the token's expiry: ES256 verification costs more than the whole
- * proxy hop. Bounded LRU (Map insertion order); `evict` exists for revocation.
+ * proxy hop. Bounded LRU (a hit makes the token the most recent); `evictWhere` exists for revocation.
  */
 export class VerifiedTokenCache {
-  private readonly entries = new Map<string, VerifiedToken>();
+  private readonly entries: LRUCache<string, VerifiedToken>;
+  /**
+   * Handed to every `get`: without options lru-cache creates a fresh options object per call, and
+   * `get` runs on every request. lru-cache writes its diagnostics status into it, reset after use.
+   */
+  private readonly getOptions: LRUCache.GetOptions<string, VerifiedToken, unknown> = { status: undefined };
 
-  constructor(private readonly capacity: number) {}
+  constructor(private readonly capacity: number) {
+    // Counted through maxSize (every entry weighs 1) rather than `max`, which would allocate its
+    // arrays for the whole capacity up front (up to ten million entries can be configured).
+    // Capacity 0 turns caching off: `set` stores nothing, and lru-cache needs a bound of at least 1.
+    this.entries = new LRUCache<string, VerifiedToken>({ maxSize: Math.max(capacity, 1), sizeCalculation: () => 1 });
+  }
 
   get(token: string, nowSeconds: number): VerifiedToken | undefined {
-    const hit = this.entries.get(token);
+    const hit = this.entries.get(token, this.getOptions);
+    this.getOptions.status = undefined;
     if (!hit) return undefined;
     if (hit.exp <= nowSeconds) {
       this.entries.delete(token);
       return undefined;
     }
-    // Refresh recency.
-    this.entries.delete(token);
-    this.entries.set(token, hit);
     return hit;
   }
 
   set(token: string, verified: VerifiedToken): void {
     if (this.capacity === 0) return;
-    this.entries.delete(token);
     this.entries.set(token, verified);
-    if (this.entries.size > this.capacity) this.entries.delete(this.entries.keys().next().value!);
   }
 
   evictWhere(predicate: (verified: VerifiedToken) => boolean): number {
-    let evicted = 0;
-    for (const [token, verified] of this.entries) {
-      if (predicate(verified)) {
-        this.entries.delete(token);
-        evicted++;
-      }
-    }
-    return evicted;
+    // Collected first: deleting the least recent entry during lru-cache's own walk makes the walk
+    // visit entries again.
+    const doomed: string[] = [];
+    this.entries.forEach((verified, token) => {
+      if (predicate(verified)) doomed.push(token);
+    });
+    for (const token of doomed) this.entries.delete(token);
+    return doomed.length;
   }
 
   get size(): number {

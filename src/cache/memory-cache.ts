@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache';
 import { CaracalError } from '../errors/catalog.js';
 import type { Cache } from './cache.js';
 
@@ -28,16 +29,25 @@ const INTEGER = /^-?\d+$/;
  * The in-process `Cache` of the embedded default. Same semantics as `RedisCache` (Redis commands
  * SET/SET NX/DEL/INCRBY/PTTL), atomic because every operation runs to completion on the event loop.
  * Expired entries are dropped when touched and by a periodic sweep that never keeps the process alive.
+ *
+ * Bounded by lru-cache in write order: reads use `peek`, which leaves the order alone, so the entry
+ * evicted when full is the one written longest ago. Expiry is the explicit `expiresAt` on the
+ * injectable clock, not lru-cache's TTL: that one treats a start time of 0 as "no TTL" and
+ * caches its clock reading, both wrong for a test clock that starts at 0 and jumps.
  */
 export class MemoryCache implements Cache {
   readonly kind = 'memory' as const;
-  private readonly entries = new Map<string, Entry>();
+  private readonly entries: LRUCache<string, Entry>;
   private readonly maxEntries: number;
   private readonly now: () => number;
   private readonly sweeper: NodeJS.Timeout;
 
   constructor(options: MemoryCacheOptions = {}) {
-    this.maxEntries = options.maxEntries ?? 100_000;
+    // At least 1: with 0 the map kept the entry just written too, and lru-cache needs a bound.
+    this.maxEntries = Math.max(options.maxEntries ?? 100_000, 1);
+    // Counted through maxSize (every entry weighs 1) rather than `max`, which would allocate its
+    // arrays for the whole bound when the cache is created.
+    this.entries = new LRUCache<string, Entry>({ maxSize: this.maxEntries, sizeCalculation: () => 1 });
     this.now = options.now ?? Date.now;
     this.sweeper = setInterval(() => this.sweep(), options.sweepIntervalMs ?? 30_000);
     this.sweeper.unref();
@@ -49,7 +59,7 @@ export class MemoryCache implements Cache {
 
   /** The live entry, dropping it when expired. */
   private live(key: string): Entry | undefined {
-    const entry = this.entries.get(key);
+    const entry = this.entries.peek(key);
     if (!entry) return undefined;
     if (entry.expiresAt !== null && entry.expiresAt <= this.now()) {
       this.entries.delete(key);
@@ -59,25 +69,23 @@ export class MemoryCache implements Cache {
   }
 
   private write(key: string, entry: Entry): void {
-    // Re-inserting moves the key to the end of the Map's order: eviction takes the oldest write.
+    // Writing makes the key the newest; when full, expired entries go before lru-cache evicts the
+    // oldest write.
     this.entries.delete(key);
-    if (this.entries.size >= this.maxEntries) {
-      this.sweep();
-      while (this.entries.size >= this.maxEntries) {
-        const oldest = this.entries.keys().next();
-        if (oldest.done) break;
-        this.entries.delete(oldest.value);
-      }
-    }
+    if (this.entries.size >= this.maxEntries) this.sweep();
     this.entries.set(key, entry);
   }
 
   /** Drops every expired entry. */
   sweep(): void {
     const now = this.now();
-    for (const [key, entry] of this.entries) {
-      if (entry.expiresAt !== null && entry.expiresAt <= now) this.entries.delete(key);
-    }
+    // Collected first: deleting the oldest entry during lru-cache's own walk makes the walk visit
+    // entries again.
+    const expired: string[] = [];
+    this.entries.forEach((entry, key) => {
+      if (entry.expiresAt !== null && entry.expiresAt <= now) expired.push(key);
+    });
+    for (const key of expired) this.entries.delete(key);
   }
 
   async get(key: string): Promise<string | null> {

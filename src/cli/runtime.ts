@@ -166,6 +166,7 @@ function networkReason(err: unknown): string {
 
 /** Text from the other side goes into a one-line message: no control characters, bounded. */
 function oneLine(text: string): string {
+  // eslint-disable-next-line no-control-regex -- removing control characters is the point
   const flat = text.replace(/[\u0000-\u001f\u007f-\u009f]+/g, ' ').replace(/\s+/g, ' ').trim();
   return flat.length > 500 ? `${flat.slice(0, 500)}…` : flat;
 }

@@ -1,6 +1,7 @@
 import kafkajs from 'kafkajs';
 import type { Admin, Consumer, EachBatchPayload, IHeaders, Kafka as KafkaClient, KafkaMessage, LogEntry, Producer } from 'kafkajs';
 import { CaracalError } from '../errors/catalog.js';
+import { backoffDelay, retry, sleep, type BackoffOptions } from '../util/retry.js';
 import type {
   EventLog,
   LogMessage,
@@ -123,11 +124,6 @@ function approximateBytes(message: OutgoingMessage): number {
   return bytes;
 }
 
-function sleep(ms: number, interrupt: Promise<void>): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([new Promise<void>((resolve) => (timer = setTimeout(resolve, ms))), interrupt]).finally(() => clearTimeout(timer));
-}
-
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
@@ -232,7 +228,7 @@ export class KafkaEventLog implements EventLog {
       const ready = metadata.every((topic) => topic.partitions.length > 0 && topic.partitions.every((p) => p.leader >= 0));
       if (ready) return;
       if (Date.now() > deadline) throw new Error(`topic leaders not elected within ${timeoutMs} ms`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await sleep(100);
     }
   }
 
@@ -306,8 +302,7 @@ export class KafkaEventLog implements EventLog {
       maxWaitTimeInMs: tuning.maxWaitTimeMs ?? 500,
     });
     const subscription = new KafkaSubscription(consumer, options, {
-      retryInitialMs: this.options.retryInitialMs ?? 100,
-      retryMaxMs: this.options.retryMaxMs ?? 5_000,
+      backoff: { baseDelayMs: this.options.retryInitialMs ?? 100, maxDelayMs: this.options.retryMaxMs ?? 5_000, jitter: 'none' },
       onError: this.options.onError ?? (() => {}),
     }, () => this.subscriptions.delete(subscription));
     this.subscriptions.add(subscription);
@@ -324,14 +319,19 @@ export class KafkaEventLog implements EventLog {
     await this.requireTopics(topics);
     // Right after a broker starts (or a coordinator moves) OffsetFetch answers NOT_COORDINATOR /
     // COORDINATOR_LOAD_IN_PROGRESS, and kafkajs' admin does not retry those itself: retry them here,
-    // bounded (8 attempts, ~5 s), anything else fails at once.
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await this.readLag(groupId, topics);
-      } catch (err) {
-        if (attempt >= 7 || !isCoordinatorChurn(err)) throw dependency('consumerLag', err);
-        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 1_500)));
-      }
+    // bounded (8 attempts; waits of 100, 200, 400, 800, 1500, 1500, 1500 ms, 6 s in all), anything
+    // else fails at once. No jitter: the budget is sized to outlast a coordinator load, and shorter
+    // waits would use the attempts up sooner.
+    try {
+      return await retry(() => this.readLag(groupId, topics), {
+        attempts: 8,
+        baseDelayMs: 100,
+        maxDelayMs: 1_500,
+        jitter: 'none',
+        isRetriable: isCoordinatorChurn,
+      });
+    } catch (err) {
+      throw dependency('consumerLag', err);
     }
   }
 
@@ -367,15 +367,14 @@ export class KafkaEventLog implements EventLog {
 }
 
 interface HandlerRetry {
-  retryInitialMs: number;
-  retryMaxMs: number;
+  backoff: BackoffOptions;
   onError: NonNullable<KafkaEventLogOptions['onError']>;
 }
 
 class KafkaSubscription implements Subscription {
   private stopping?: Promise<void>;
-  private resolveStop!: () => void;
-  private readonly stopSignal = new Promise<void>((resolve) => (this.resolveStop = resolve));
+  /** Aborted by stop(): cuts a handler's backoff wait short. */
+  private readonly stopped = new AbortController();
 
   constructor(
     private readonly consumer: Consumer,
@@ -408,15 +407,13 @@ class KafkaSubscription implements Subscription {
     }
   }
 
-  private backoff(attempt: number): number {
-    return Math.min(this.retry.retryMaxMs, this.retry.retryInitialMs * 2 ** Math.min(attempt - 1, 20));
-  }
-
   /**
    * Messages of one partition, in order. A failing handler is retried in place with backoff (the
-   * same message again, nothing after it); its offset is resolved and committed (offset + 1) only
-   * once it succeeded. Leaving early (stop, rebalance) leaves the offset uncommitted, so the message
-   * is delivered again — to this group's next owner of the partition.
+   * same message again, nothing after it) and without an attempt bound — giving up would skip the
+   * message — so this loop uses the backoff of `retry()` but not `retry()` itself. The offset is
+   * resolved and committed (offset + 1) only once the handler succeeded. Leaving early (stop,
+   * rebalance) leaves the offset uncommitted, so the message is delivered again — to this group's
+   * next owner of the partition.
    */
   private async eachBatch({ batch, resolveOffset, heartbeat, isRunning, isStale, commitOffsetsIfNecessary }: EachBatchPayload): Promise<void> {
     const active = () => isRunning() && !isStale() && !this.stopping;
@@ -430,7 +427,8 @@ class KafkaSubscription implements Subscription {
         } catch (err) {
           this.retry.onError(err, { groupId: this.subscription.groupId, topic: message.topic, partition: message.partition, offset: message.offset });
           if (!active()) return;
-          await sleep(this.backoff(attempt), this.stopSignal);
+          // A rejection here is stop() aborting the wait; active() below tells the loop to leave.
+          await sleep(backoffDelay(attempt, this.retry.backoff), this.stopped.signal).catch(() => {});
           if (!active()) return;
           await heartbeat();
         }
@@ -447,7 +445,7 @@ class KafkaSubscription implements Subscription {
 
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      this.resolveStop();
+      this.stopped.abort();
       // disconnect() stops the runner, which waits for the in-flight batch (handler + commit),
       // then leaves the group.
       try {

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { CaracalError } from '../errors/catalog.js';
 import type { Db } from '../store/db.js';
+import { backoffDelay, sleep, type BackoffOptions } from '../util/retry.js';
 import type {
   EventLog,
   LogMessage,
@@ -353,8 +354,9 @@ class LocalSubscription implements Subscription {
   private stopping?: Promise<void>;
   private renewTimer?: NodeJS.Timeout;
   private renewing = false;
-  private resolveStop!: () => void;
-  private readonly stopSignal = new Promise<void>((resolve) => (this.resolveStop = resolve));
+  /** Aborted by stop(): cuts a backoff wait short. */
+  private readonly stopped = new AbortController();
+  private readonly retryBackoff: BackoffOptions;
   private poke?: () => void;
   /** Set by a poke that arrived while we were not waiting, so it is not lost. */
   private poked = false;
@@ -368,6 +370,7 @@ class LocalSubscription implements Subscription {
     private readonly onStopped: () => void,
   ) {
     this.topics = [...partitions.keys()].sort();
+    this.retryBackoff = { baseDelayMs: options.retryInitialMs, maxDelayMs: options.retryMaxMs, jitter: 'none' };
   }
 
   get groupId(): string {
@@ -400,7 +403,7 @@ class LocalSubscription implements Subscription {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.running = false;
-      this.resolveStop();
+      this.stopped.abort();
       this.poke?.();
       // The loop finishes the in-flight handler and its commit before it returns.
       await this.loop;
@@ -420,21 +423,25 @@ class LocalSubscription implements Subscription {
     return this.stopping;
   }
 
-  /** Waits `ms`, or less when stopped or (if `wakeOnAppend`) when a publish or rebalance pokes us. */
-  private async wait(ms: number, wakeOnAppend: boolean): Promise<void> {
-    if (wakeOnAppend && this.poked) return;
+  /**
+   * The idle poll: waits `ms`, or less when a publish, a rebalance or stop() pokes us. A poll, not a
+   * retry, and `sleep` cannot be woken by a poke, hence its own timer.
+   */
+  private async waitForWork(ms: number): Promise<void> {
+    if (this.poked) return;
     let timer: NodeJS.Timeout | undefined;
-    const poked = new Promise<void>((resolve) => {
+    await new Promise<void>((resolve) => {
       timer = setTimeout(resolve, ms);
-      if (wakeOnAppend) this.poke = resolve;
+      this.poke = resolve;
     });
-    await Promise.race([poked, this.stopSignal]);
     clearTimeout(timer);
-    if (wakeOnAppend) this.poke = undefined;
+    this.poke = undefined;
   }
 
-  private backoff(attempt: number): number {
-    return Math.min(this.options.retryMaxMs, this.options.retryInitialMs * 2 ** Math.min(attempt - 1, 20));
+  /** Waits before the next attempt after `failures` failures in a row; stop() cuts it short. */
+  private async backOff(failures: number): Promise<void> {
+    // The only rejection is stop() aborting the wait; callers check `running` right after.
+    await sleep(backoffDelay(failures, this.retryBackoff), this.stopped.signal).catch(() => {});
   }
 
   private async run(): Promise<void> {
@@ -445,13 +452,13 @@ class LocalSubscription implements Subscription {
         const worked = await this.consumeOnce();
         failures = 0;
         if (!worked && this.running && Date.now() < this.rebalanceDue) {
-          await this.wait(Math.min(this.options.pollIntervalMs, Math.max(0, this.rebalanceDue - Date.now())), true);
+          await this.waitForWork(Math.min(this.options.pollIntervalMs, Math.max(0, this.rebalanceDue - Date.now())));
         }
       } catch (err) {
         // Database trouble: keep the position (nothing was committed) and try again.
         failures += 1;
         this.options.onError(err, { groupId: this.groupId });
-        if (this.running) await this.wait(this.backoff(failures), false);
+        if (this.running) await this.backOff(failures);
       }
     }
   }
@@ -497,7 +504,10 @@ class LocalSubscription implements Subscription {
     return worked;
   }
 
-  /** Runs the handler until it succeeds (true) or the subscription stops during a retry (false). */
+  /**
+   * Runs the handler until it succeeds (true) or the subscription stops during a retry (false).
+   * No attempt bound: giving up would skip the message, so this is not a `retry()`.
+   */
   private async deliver(message: LogMessage): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
       try {
@@ -506,7 +516,7 @@ class LocalSubscription implements Subscription {
       } catch (err) {
         this.options.onError(err, { groupId: this.groupId, topic: message.topic, partition: message.partition, offset: message.offset });
         if (!this.running) return false;
-        await this.wait(this.backoff(attempt), false);
+        await this.backOff(attempt);
         if (!this.running) return false;
       }
     }

@@ -1,9 +1,11 @@
+import { LRUCache } from 'lru-cache';
+
 /**
  * A bounded, per-key cache of values loaded from the database, for the gateway's in-memory views
- * (principal facts, allowlists). Reads are synchronous when the value is there; concurrent misses
- * for one key share one load; `invalidate` (called on agent.lifecycle events) drops the value and
- * makes any load that started before it start again, so a slow query can never store what the
- * change replaced.
+ * (principal facts, allowlists). Reads are synchronous when the value is there and make the key the
+ * most recently used (the least recently used goes first when full); concurrent misses for one key
+ * share one load; `invalidate` (called on agent.lifecycle events) drops the value and makes any
+ * load that started before it start again, so a slow query can never store what the change replaced.
  */
 export interface CachedEntry<V> {
   readonly value: V;
@@ -18,7 +20,9 @@ export interface InvalidatingCacheOptions<V> {
 }
 
 export class InvalidatingCache<V> {
-  private readonly entries = new Map<string, CachedEntry<V>>();
+  private readonly entries: LRUCache<string, CachedEntry<V>>;
+  /** Handed to every read (one per request): without options lru-cache creates an object per call. */
+  private readonly getOptions: LRUCache.GetOptions<string, CachedEntry<V>, unknown> = { status: undefined };
   private readonly loading = new Map<string, Promise<V>>();
   /** Monotonic clock of invalidations: a load that began before its key's last one is stale. */
   private clock = 0;
@@ -31,11 +35,17 @@ export class InvalidatingCache<V> {
     private readonly options: InvalidatingCacheOptions<V> = {},
   ) {
     this.maxEntries = options.maxEntries ?? 1_000_000;
+    // Counted through maxSize (every entry weighs 1) rather than `max`, which would allocate its
+    // arrays for the whole bound up front: a million entries by default, most of them never used.
+    // Expiry stays the explicit `until` that every entry carries and `peek` hands out.
+    this.entries = new LRUCache<string, CachedEntry<V>>({ maxSize: Math.max(this.maxEntries, 1), sizeCalculation: () => 1 });
   }
 
   /** The cached entry, or undefined when absent or expired (no load is started). */
   peek(key: string): CachedEntry<V> | undefined {
-    const entry = this.entries.get(key);
+    const entry = this.entries.get(key, this.getOptions);
+    // lru-cache leaves its diagnostics status in the options; the next read must start without one.
+    this.getOptions.status = undefined;
     if (entry && entry.until <= Date.now()) {
       this.entries.delete(key);
       return undefined;
@@ -57,8 +67,6 @@ export class InvalidatingCache<V> {
       .then((value) => {
         if ((this.invalidatedAt.get(key) ?? 0) > startedAt || this.clearedAt > startedAt) return this.load(key);
         const ttl = this.options.ttlMs?.(value) ?? Infinity;
-        this.entries.delete(key);
-        if (this.entries.size >= this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
         this.entries.set(key, { value, until: ttl === Infinity ? Infinity : Date.now() + ttl });
         return value;
       })
