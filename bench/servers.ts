@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import proxy from '@fastify/http-proxy';
 import Fastify from 'fastify';
-import { issueAccessToken } from '../src/authority/tokens.js';
+import { issueAccessToken } from '../src/authority/tokens/tokens.js';
 import { loadConfig } from '../src/config/load.js';
 import { startGateway } from '../src/gateway/server.js';
 import { runOperation } from '../src/operations/index.js';

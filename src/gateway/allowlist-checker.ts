@@ -1,4 +1,4 @@
-import { AllowlistMatcher, type AllowlistResult, type AllowlistWhenEmpty } from '../authority/allowlists.js';
+import { AllowlistMatcher, type AllowlistResult, type AllowlistWhenEmpty } from '../authority/stores/allowlists.js';
 import type { Queryable } from '../store/db.js';
 import type { AllowlistChecker, AllowlistFact } from './decision-input.js';
 

@@ -6,11 +6,11 @@ import type { CaracalConfig, UpstreamConfig, UpstreamDialect } from '../config/s
 import { CaracalError } from '../errors/catalog.js';
 import { buildEvent, EVENT_TYPES, type DecisionData } from '../events/cloudevents.js';
 import type { EventPublisher } from '../events/publisher.js';
-import type { EmergencyState } from '../authority/emergency.js';
-import type { AuthorityFacts } from '../authority/facts.js';
-import type { RevocationSet } from '../authority/revocations.js';
-import type { IssuedMandate } from '../authority/mandates.js';
-import { TokenRejected, type VerifiedToken } from '../authority/tokens.js';
+import type { EmergencyState } from '../authority/views/emergency.js';
+import type { AuthorityFacts } from '../authority/views/facts.js';
+import type { RevocationSet } from '../authority/views/revocations.js';
+import type { IssuedMandate } from '../authority/tokens/mandates.js';
+import { TokenRejected, type VerifiedToken } from '../authority/tokens/tokens.js';
 import type { Authenticator, AuthResult } from './authenticate.js';
 import { clientErrorHandler, gatewayServerFactory, serverTimeouts } from './listener.js';
 import type { Logger } from '../logging/logger.js';
@@ -47,7 +47,7 @@ export interface GatewayDeps {
   revocations: RevocationSet;
   emergency: EmergencyState;
   allowlist: AllowlistChecker;
-  /** Issues a child of an already verified parent mandate (src/authority/mandates.ts rules). */
+  /** Issues a child of an already verified parent mandate (src/authority/tokens/mandates.ts rules). */
   delegate: (parent: VerifiedToken, args: { parentId: string; principalId: string; resources: string[]; actions: string[]; validitySeconds: number }) => Promise<IssuedMandate>;
   /** Verifies a Caracal mandate presented next to another credential (→ TokenRejected). */
   verifyMandate: (token: string) => Promise<VerifiedToken>;

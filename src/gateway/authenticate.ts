@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify';
-import { TokenRejected, type TokenVerifier, type VerifiedToken, type VerifiedTokenCache } from '../authority/tokens.js';
+import { TokenRejected, type TokenVerifier, type VerifiedToken, type VerifiedTokenCache } from '../authority/tokens/tokens.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
 import { AmbiguousCredential, agentCredential } from './dialects.js';
 

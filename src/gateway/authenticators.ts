@@ -1,9 +1,9 @@
 import type { TLSSocket } from 'node:tls';
 import type { FastifyRequest } from 'fastify';
 import type { z } from 'zod';
-import { ExternalTokenVerifier, type ExternalVerifiedToken } from '../authority/external-tokens.js';
-import { PrincipalLookup } from '../authority/principal-lookup.js';
-import { TokenRejected, type VerifiedTokenCache } from '../authority/tokens.js';
+import { ExternalTokenVerifier, type ExternalVerifiedToken } from '../authority/tokens/external-tokens.js';
+import { PrincipalLookup } from '../authority/views/principal-lookup.js';
+import { TokenRejected, type VerifiedTokenCache } from '../authority/tokens/tokens.js';
 import type { CaracalConfig, GatewayTlsSchema } from '../config/schema.js';
 import type { Logger } from '../logging/logger.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';

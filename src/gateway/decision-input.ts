@@ -1,7 +1,7 @@
-import type { EmergencyState } from '../authority/emergency.js';
-import type { AuthorityFacts, PrincipalFacts } from '../authority/facts.js';
-import type { RevocationSet } from '../authority/revocations.js';
-import type { VerifiedToken } from '../authority/tokens.js';
+import type { EmergencyState } from '../authority/views/emergency.js';
+import type { AuthorityFacts, PrincipalFacts } from '../authority/views/facts.js';
+import type { RevocationSet } from '../authority/views/revocations.js';
+import type { VerifiedToken } from '../authority/tokens/tokens.js';
 import type { DecisionInput, RequestFact } from '../policy/engine.js';
 import type { AuthResult } from './authenticate.js';
 

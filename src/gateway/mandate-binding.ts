@@ -1,8 +1,8 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import type { EmergencyState } from '../authority/emergency.js';
-import type { IssuedMandate } from '../authority/mandates.js';
-import { TokenRejected, type VerifiedToken } from '../authority/tokens.js';
+import type { EmergencyState } from '../authority/views/emergency.js';
+import type { IssuedMandate } from '../authority/tokens/mandates.js';
+import { TokenRejected, type VerifiedToken } from '../authority/tokens/tokens.js';
 import { CaracalError } from '../errors/catalog.js';
 import type { Authenticator, AuthResult } from './authenticate.js';
 
@@ -65,7 +65,7 @@ const DelegationRequest = z
 export interface DelegationRouteDeps extends MandateBindingDeps {
   authenticator: Authenticator;
   emergency: EmergencyState;
-  /** Issues a child of an already verified parent mandate (src/authority/mandates.ts rules). */
+  /** Issues a child of an already verified parent mandate (src/authority/tokens/mandates.ts rules). */
   delegate: (parent: VerifiedToken, args: { parentId: string; principalId: string; resources: string[]; actions: string[]; validitySeconds: number }) => Promise<IssuedMandate>;
   isClosing: () => boolean;
 }

@@ -1,11 +1,11 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
-import { AuthorityFacts } from '../authority/facts.js';
-import { verificationKeys } from '../authority/keys.js';
-import { EmergencyState } from '../authority/emergency.js';
-import { delegateMandate } from '../authority/mandates.js';
-import { RevocationSet } from '../authority/revocations.js';
-import { TokenVerifier, VerifiedTokenCache } from '../authority/tokens.js';
+import { AuthorityFacts } from '../authority/views/facts.js';
+import { verificationKeys } from '../authority/tokens/keys.js';
+import { EmergencyState } from '../authority/views/emergency.js';
+import { delegateMandate } from '../authority/tokens/mandates.js';
+import { RevocationSet } from '../authority/views/revocations.js';
+import { TokenVerifier, VerifiedTokenCache } from '../authority/tokens/tokens.js';
 import { createAllowlistChecker } from './allowlist-checker.js';
 import type { CaracalConfig } from '../config/schema.js';
 import { AppContext, type ContextOverrides } from '../context.js';

@@ -10,8 +10,8 @@ import {
   type AllowlistPatternType,
   type AllowlistReason,
   type AllowlistWhenEmpty,
-} from '../authority/allowlists.js';
-import { PrincipalId, findPrincipal } from '../authority/principals.js';
+} from '../authority/stores/allowlists.js';
+import { PrincipalId, findPrincipal } from '../authority/stores/principals.js';
 import { CaracalError } from '../errors/catalog.js';
 import { announced, op } from './define.js';
 

@@ -1,8 +1,8 @@
 import { z } from 'zod';
-import { activePrincipal } from '../authority/mandates.js';
-import { CreatePolicyArgs, createPolicy, listPolicies } from '../authority/policies.js';
-import { PrincipalId, PrincipalStatus, RegisterPrincipalArgs, getPrincipal, listPrincipals, registerPrincipal, setPrincipalStatus } from '../authority/principals.js';
-import { issueAccessToken } from '../authority/tokens.js';
+import { activePrincipal } from '../authority/tokens/mandates.js';
+import { CreatePolicyArgs, createPolicy, listPolicies } from '../authority/stores/policies.js';
+import { PrincipalId, PrincipalStatus, RegisterPrincipalArgs, getPrincipal, listPrincipals, registerPrincipal, setPrincipalStatus } from '../authority/stores/principals.js';
+import { issueAccessToken } from '../authority/tokens/tokens.js';
 import { announced, op } from './define.js';
 
 const ById = z.object({ id: PrincipalId }).strict();

@@ -1,8 +1,8 @@
 import { z } from 'zod';
-import { GLOBAL, listEmergencyStops, resumeEmergency, stopEmergency } from '../authority/emergency.js';
-import { DelegateMandateArgs, IssueMandateArgs, delegateMandate, issueMandate, listMandates, revokeMandate } from '../authority/mandates.js';
-import { PrincipalId, getPrincipal } from '../authority/principals.js';
-import { TokenVerifier } from '../authority/tokens.js';
+import { GLOBAL, listEmergencyStops, resumeEmergency, stopEmergency } from '../authority/views/emergency.js';
+import { DelegateMandateArgs, IssueMandateArgs, delegateMandate, issueMandate, listMandates, revokeMandate } from '../authority/tokens/mandates.js';
+import { PrincipalId, getPrincipal } from '../authority/stores/principals.js';
+import { TokenVerifier } from '../authority/tokens/tokens.js';
 import { CaracalError } from '../errors/catalog.js';
 import { announced, op } from './define.js';
 

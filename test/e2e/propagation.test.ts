@@ -3,7 +3,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { IssuedMandate } from '../../src/authority/mandates.js';
+import type { IssuedMandate } from '../../src/authority/tokens/mandates.js';
 import { loadConfig } from '../../src/config/load.js';
 import { AppContext } from '../../src/context.js';
 import { startEchoUpstream, type EchoUpstream } from '../../src/dev/echo-upstream.js';

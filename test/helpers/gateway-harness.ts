@@ -1,7 +1,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { issueAccessToken } from '../../src/authority/tokens.js';
+import { issueAccessToken } from '../../src/authority/tokens/tokens.js';
 import type { Cache } from '../../src/cache/cache.js';
 import { openCache } from '../../src/cache/open.js';
 import { RedisCache } from '../../src/cache/redis-cache.js';

@@ -1,7 +1,7 @@
 import type { LightMyRequestResponse } from 'fastify';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { IssuedMandate } from '../../src/authority/mandates.js';
+import type { IssuedMandate } from '../../src/authority/tokens/mandates.js';
 import { createHarness, readDecisions, type Harness } from '../helpers/gateway-harness.js';
 
 /**

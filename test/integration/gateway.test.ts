@@ -3,8 +3,8 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signingKeyFromPem } from '../../src/authority/keys.js';
-import { issueAccessToken } from '../../src/authority/tokens.js';
+import { signingKeyFromPem } from '../../src/authority/tokens/keys.js';
+import { issueAccessToken } from '../../src/authority/tokens/tokens.js';
 import { BACKENDS, createHarness, readDecisions, type Harness } from '../helpers/gateway-harness.js';
 
 function rawRequest(port: number, text: string): Promise<string> {

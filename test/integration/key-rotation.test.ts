@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { decodeProtectedHeader } from 'jose';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { generateSigningKeyFile, signingKeyFromPem, type SigningKey } from '../../src/authority/keys.js';
-import type { IssuedMandate } from '../../src/authority/mandates.js';
-import { issueAccessToken } from '../../src/authority/tokens.js';
+import { generateSigningKeyFile, signingKeyFromPem, type SigningKey } from '../../src/authority/tokens/keys.js';
+import type { IssuedMandate } from '../../src/authority/tokens/mandates.js';
+import { issueAccessToken } from '../../src/authority/tokens/tokens.js';
 import { createHarness, type Harness } from '../helpers/gateway-harness.js';
 
 describe('signing key rotation', () => {

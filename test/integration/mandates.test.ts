@@ -1,8 +1,8 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { SignJWT, decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signingKeyFromPem } from '../../src/authority/keys.js';
-import type { IssuedMandate } from '../../src/authority/mandates.js';
+import { signingKeyFromPem } from '../../src/authority/tokens/keys.js';
+import type { IssuedMandate } from '../../src/authority/tokens/mandates.js';
 import { CaracalError } from '../../src/errors/catalog.js';
 import { createHarness, type Harness } from '../helpers/gateway-harness.js';
 

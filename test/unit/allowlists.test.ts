@@ -11,8 +11,8 @@ import {
   type AllowlistEntry,
   type AllowlistPatternType,
   type CompiledAllowlistEntry,
-} from '../../src/authority/allowlists.js';
-import { registerPrincipal } from '../../src/authority/principals.js';
+} from '../../src/authority/stores/allowlists.js';
+import { registerPrincipal } from '../../src/authority/stores/principals.js';
 import { regexSafetyProblem } from '../../src/regex-safety/index.js';
 import type { Queryable } from '../../src/store/db.js';
 import { migrateUp } from '../../src/store/migrate.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { literalMatches, patternWithin, scopeExcess } from '../../src/authority/scope.js';
+import { literalMatches, patternWithin, scopeExcess } from '../../src/authority/tokens/scope.js';
 
 describe('delegation scope arithmetic', () => {
   it.each([

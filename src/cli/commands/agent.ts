@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import type { Principal } from '../../authority/principals.js';
-import type { AuthorityPolicy } from '../../authority/policies.js';
+import type { Principal } from '../../authority/stores/principals.js';
+import type { AuthorityPolicy } from '../../authority/stores/policies.js';
 import { printRecord } from '../output.js';
 import type { CliRuntime } from '../runtime.js';
 import { POLICY_COLUMNS } from './policy.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { AllowlistEntry } from '../../authority/allowlists.js';
+import type { AllowlistEntry } from '../../authority/stores/allowlists.js';
 import { CaracalError } from '../../errors/catalog.js';
 import type { AllowlistTestReport } from '../../operations/allowlists.js';
 import { printRecord } from '../output.js';

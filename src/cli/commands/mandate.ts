@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import type { EmergencyStop } from '../../authority/emergency.js';
-import { generateSigningKeyFile, signingKeyFromPem } from '../../authority/keys.js';
-import type { IssuedMandate, Mandate } from '../../authority/mandates.js';
+import type { EmergencyStop } from '../../authority/views/emergency.js';
+import { generateSigningKeyFile, signingKeyFromPem } from '../../authority/tokens/keys.js';
+import type { IssuedMandate, Mandate } from '../../authority/tokens/mandates.js';
 import { CaracalError } from '../../errors/catalog.js';
 import { printRecord } from '../output.js';
 import { positiveInt } from '../parse.js';

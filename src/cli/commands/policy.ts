@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { AuthorityPolicy } from '../../authority/policies.js';
+import type { AuthorityPolicy } from '../../authority/stores/policies.js';
 import { printRecord } from '../output.js';
 import type { CliRuntime } from '../runtime.js';
 

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { IssuedToken } from '../../authority/tokens.js';
+import type { IssuedToken } from '../../authority/tokens/tokens.js';
 import type { CliRuntime } from '../runtime.js';
 
 export function registerTokenCommands(program: Command, rt: () => CliRuntime): void {

@@ -1,7 +1,7 @@
 import { z } from 'zod';
-import { CaracalError } from '../errors/catalog.js';
-import type { Queryable } from '../store/db.js';
-import { newId } from '../util/ids.js';
+import { CaracalError } from '../../errors/catalog.js';
+import type { Queryable } from '../../store/db.js';
+import { newId } from '../../util/ids.js';
 import { PrincipalId, findPrincipal } from './principals.js';
 
 /** `api:external/*`, `mcp:github/**`, `api:external/echo` — a scheme, a colon, a glob path. */

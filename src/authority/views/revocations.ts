@@ -1,4 +1,4 @@
-import type { Queryable } from '../store/db.js';
+import type { Queryable } from '../../store/db.js';
 
 /**
  * Revoked mandate ids, in memory on every gateway: read on every request (no database on the hot

@@ -1,4 +1,4 @@
-import type { Queryable } from '../store/db.js';
+import type { Queryable } from '../../store/db.js';
 
 /**
  * Emergency stop (docs/architecture.md, "The authority model"): global or per principal. A row in `emergency_stops` while in

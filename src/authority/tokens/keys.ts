@@ -2,7 +2,7 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject 
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
-import { CaracalError } from '../errors/catalog.js';
+import { CaracalError } from '../../errors/catalog.js';
 
 /**
  * ES256 (P-256) signing keys. A PEM file named by config (`auth.signingKeyPath`) — SEC1

@@ -1,11 +1,11 @@
 import { SignJWT } from 'jose';
 import { z } from 'zod';
-import { CaracalError } from '../errors/catalog.js';
-import type { Queryable } from '../store/db.js';
-import { newId } from '../util/ids.js';
+import { CaracalError } from '../../errors/catalog.js';
+import type { Queryable } from '../../store/db.js';
+import { newId } from '../../util/ids.js';
 import type { SigningKey } from './keys.js';
-import { listPolicies, type AuthorityPolicy } from './policies.js';
-import { PrincipalId, findPrincipal } from './principals.js';
+import { listPolicies, type AuthorityPolicy } from '../stores/policies.js';
+import { PrincipalId, findPrincipal } from '../stores/principals.js';
 import { scopeExcess, type Scope } from './scope.js';
 import type { TokenSettings, VerifiedToken } from './tokens.js';
 

@@ -1,8 +1,8 @@
-import type { Logger } from '../logging/logger.js';
-import type { Queryable } from '../store/db.js';
-import { listPolicies } from './policies.js';
-import { findPrincipal } from './principals.js';
-import { InvalidatingCache } from '../util/invalidating-cache.js';
+import type { Logger } from '../../logging/logger.js';
+import type { Queryable } from '../../store/db.js';
+import { listPolicies } from '../stores/policies.js';
+import { findPrincipal } from '../stores/principals.js';
+import { InvalidatingCache } from '../../util/invalidating-cache.js';
 
 /** What the policy sees about a principal, kept in Rego input shape so a request builds no copies. */
 export interface PrincipalFacts {

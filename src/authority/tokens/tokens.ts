@@ -1,7 +1,7 @@
 import { decodeProtectedHeader, errors as joseErrors, jwtVerify, SignJWT, type JWTPayload } from 'jose';
 import { LRUCache } from 'lru-cache';
-import { CaracalError } from '../errors/catalog.js';
-import { newId } from '../util/ids.js';
+import { CaracalError } from '../../errors/catalog.js';
+import { newId } from '../../util/ids.js';
 import { z } from 'zod';
 import { verificationKeys, type KeyRing, type SigningKey } from './keys.js';
 

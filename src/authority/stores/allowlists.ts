@@ -1,11 +1,11 @@
 import micromatch from 'micromatch';
-import { InvalidatingCache } from '../util/invalidating-cache.js';
+import { InvalidatingCache } from '../../util/invalidating-cache.js';
 import { z } from 'zod';
-import { CaracalError } from '../errors/catalog.js';
-import type { Logger } from '../logging/logger.js';
-import { regexSafetyProblem } from '../regex-safety/index.js';
-import type { Queryable } from '../store/db.js';
-import { newId } from '../util/ids.js';
+import { CaracalError } from '../../errors/catalog.js';
+import type { Logger } from '../../logging/logger.js';
+import { regexSafetyProblem } from '../../regex-safety/index.js';
+import type { Queryable } from '../../store/db.js';
+import { newId } from '../../util/ids.js';
 import { PrincipalId, findPrincipal } from './principals.js';
 
 /*

@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
-import type { Queryable } from '../store/db.js';
-import { PrincipalId, findPrincipal } from './principals.js';
+import type { Queryable } from '../../store/db.js';
+import { PrincipalId, findPrincipal } from '../stores/principals.js';
 
 /** The one column external identities need: a principal's id by its unique name. */
 export async function findPrincipalByName(db: Queryable, name: string): Promise<{ id: string } | null> {

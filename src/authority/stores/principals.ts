@@ -1,7 +1,7 @@
 import { z } from 'zod';
-import { CaracalError } from '../errors/catalog.js';
-import type { Queryable } from '../store/db.js';
-import { newId } from '../util/ids.js';
+import { CaracalError } from '../../errors/catalog.js';
+import type { Queryable } from '../../store/db.js';
+import { newId } from '../../util/ids.js';
 
 export const PrincipalStatus = z.enum(['active', 'suspended']);
 export type PrincipalStatus = z.infer<typeof PrincipalStatus>;

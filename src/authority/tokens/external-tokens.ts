@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWK, type JWTHeaderParameters, type JWTPayload } from 'jose';
 import type { z } from 'zod';
-import type { CaracalConfig, ExternalIssuerSchema } from '../config/schema.js';
-import { CaracalError } from '../errors/catalog.js';
-import type { Logger } from '../logging/logger.js';
-import type { PrincipalLookup } from './principal-lookup.js';
+import type { CaracalConfig, ExternalIssuerSchema } from '../../config/schema.js';
+import { CaracalError } from '../../errors/catalog.js';
+import type { Logger } from '../../logging/logger.js';
+import type { PrincipalLookup } from '../views/principal-lookup.js';
 import { TokenRejected, type VerifiedToken } from './tokens.js';
 
 export type ExternalIssuerConfig = z.infer<typeof ExternalIssuerSchema>;
