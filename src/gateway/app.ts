@@ -197,6 +197,22 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       assertDeclaredLength(request.headers['content-length'], bodyLimit);
       const target = targets.build(request.raw.url ?? request.url);
       state.target = target;
+      const recordOutcome = (who: AuthResult | null, allow: boolean, reasons: string[], policyIds: string[], status: number) =>
+        recordDecision(request, {
+          decision_id: state.decisionId!,
+          principal_id: who?.principalId ?? null,
+          token_id: who?.tokenId ?? null,
+          upstream: upstream.name,
+          resource,
+          action,
+          allow,
+          reasons,
+          policy_ids: policyIds,
+          status,
+        });
+      // A denial is answered even when it cannot be recorded; the failure is logged.
+      const recordDenial = (who: AuthResult | null, reasons: string[], status: number) =>
+        recordOutcome(who, false, reasons, [], status).catch((publishErr) => request.log.error({ err: publishErr, reasons }, 'could not record a denial'));
 
       let verified: AuthResult;
       let mandate: VerifiedToken | null;
@@ -211,18 +227,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         const source = sourceLimiter.take(request.ip);
         const limited = source.ok ? null : rateLimited('unauthenticated_rate_limited', source.retryAfterSeconds);
         if (limited) metrics.limited.inc({ reason: 'unauthenticated_rate_limited' });
-        await recordDecision(request, {
-          decision_id: state.decisionId,
-          principal_id: null,
-          token_id: null,
-          upstream: upstream.name,
-          resource,
-          action,
-          allow: false,
-          reasons: limited ? [`token_${failure}`, 'unauthenticated_rate_limited'] : [`token_${failure}`],
-          policy_ids: [],
-          status: limited ? 429 : 401,
-        }).catch((publishErr) => request.log.error({ err: publishErr }, 'could not record an authentication failure'));
+        await recordDenial(null, limited ? [`token_${failure}`, 'unauthenticated_rate_limited'] : [`token_${failure}`], limited ? 429 : 401);
         throw limited ?? err;
       }
       state.principalId = verified.principalId;
@@ -230,18 +235,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       const lease = principalLimiter.acquire(verified.principalId);
       if (!lease.ok) {
         metrics.limited.inc({ reason: lease.reason });
-        await recordDecision(request, {
-          decision_id: state.decisionId,
-          principal_id: verified.principalId,
-          token_id: verified.tokenId,
-          upstream: upstream.name,
-          resource,
-          action,
-          allow: false,
-          reasons: [lease.reason],
-          policy_ids: [],
-          status: 429,
-        }).catch((publishErr) => request.log.error({ err: publishErr }, 'could not record a limited request'));
+        await recordDenial(verified, [lease.reason], 429);
         throw rateLimited(lease.reason, lease.retryAfterSeconds);
       }
       state.release = () => lease.release();
@@ -268,18 +262,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       metrics.policyEvaluations.inc({ outcome: decision.outcome, allow: String(decision.allow) });
 
       const status = decision.allow ? 200 : 403;
-      const record = recordDecision(request, {
-        decision_id: state.decisionId,
-        principal_id: verified.principalId,
-        token_id: verified.tokenId,
-        upstream: upstream.name,
-        resource,
-        action,
-        allow: decision.allow,
-        reasons: decision.reasons,
-        policy_ids: decision.policyIds,
-        status,
-      });
+      const record = recordOutcome(verified, decision.allow, decision.reasons, decision.policyIds, status);
       if (!decision.allow) {
         // A denial is safe to return even if it could not be recorded; an allow is not.
         await record.catch((publishErr) => request.log.error({ err: publishErr }, 'could not record a denial'));
