@@ -20,12 +20,19 @@ export interface RecordedRequest {
 export interface RecordingUpstream {
   url: string;
   readonly requests: RecordedRequest[];
+  /** Most requests that were open at the same time. */
+  readonly maxInFlight: number;
   close(): Promise<void>;
 }
 
 export async function startRecordingUpstream(): Promise<RecordingUpstream> {
   const requests: RecordedRequest[] = [];
+  let inFlight = 0;
+  let maxInFlight = 0;
   const server = http.createServer((req, res) => {
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    res.on('close', () => inFlight--);
     const record: RecordedRequest = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, bodyBytes: 0, complete: false };
     requests.push(record);
     req.on('data', (chunk: Buffer) => {
@@ -72,6 +79,9 @@ export async function startRecordingUpstream(): Promise<RecordingUpstream> {
   return {
     url: `http://127.0.0.1:${address.port}`,
     requests,
+    get maxInFlight() {
+      return maxInFlight;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

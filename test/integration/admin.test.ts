@@ -105,6 +105,13 @@ describe('admin API (operations over HTTP, own credential)', () => {
     expect(malformed.json().error).toBe('CARACAL_BAD_REQUEST');
     const unknownOp = await post('/admin/v1/ops/agent.obliterate', '{}');
     expect(unknownOp.statusCode).toBe(404);
+    // Unknown routes and undecodable URLs answer in Caracal's shape too, with a request id.
+    for (const url of ['/nowhere', '/admin/v2/ops', '/admin/v1/ops/%zz', '/%c0%ae']) {
+      const lost = await app.inject({ method: 'GET', url, headers: auth });
+      expect(lost.statusCode, url).toBeGreaterThanOrEqual(400);
+      expect(lost.statusCode, url).toBeLessThan(500);
+      expect(lost.json(), url).toMatchObject({ error: expect.stringMatching(/^CARACAL_/), request_id: expect.any(String) });
+    }
     const badArgs = await post('/admin/v1/ops/policy.create', JSON.stringify({ principalId: 'x', resources: [], actions: ['READ'], maxValiditySeconds: 'soon', extra: 1 }));
     expect(badArgs.statusCode).toBe(400);
     expect(badArgs.json().error).toBe('CARACAL_VALIDATION');

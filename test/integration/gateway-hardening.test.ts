@@ -30,6 +30,7 @@ function headerOf(head: string, name: string): string | undefined {
 
 describe('gateway hardening', () => {
   let up: RecordingUpstream;
+  let pooled: RecordingUpstream;
   let h: Harness;
   let port: number;
   let agent: string;
@@ -37,10 +38,12 @@ describe('gateway hardening', () => {
 
   beforeAll(async () => {
     up = await startRecordingUpstream();
+    pooled = await startRecordingUpstream();
     h = await createHarness({
       extraUpstreams: [
         { name: 'up', url: `${up.url}/base` },
         { name: 'retry', url: up.url, retries: 2 },
+        { name: 'pool', url: pooled.url, maxConnections: 2 },
       ],
       configOverrides: {
         gateway: {
@@ -50,8 +53,9 @@ describe('gateway hardening', () => {
       },
     });
     agent = await h.registerAgent();
-    await h.op('policy.create', { principalId: agent, resources: ['api:external/up', 'api:external/retry'], actions: ['read', 'write', 'delete'], maxValiditySeconds: 3600 });
+    await h.op('policy.create', { principalId: agent, resources: ['api:external/up', 'api:external/retry', 'api:external/pool'], actions: ['read', 'write', 'delete'], maxValiditySeconds: 3600 });
     await h.op('allowlist.create', { principalId: agent, pattern: `${up.url}/**`, patternType: 'glob' });
+    await h.op('allowlist.create', { principalId: agent, pattern: `${pooled.url}/**`, patternType: 'glob' });
     token = await h.token(agent);
     port = await listen(h);
   });
@@ -59,6 +63,7 @@ describe('gateway hardening', () => {
   afterAll(async () => {
     await h?.close();
     await up?.close();
+    await pooled?.close();
   });
 
   const auth = () => ({ authorization: `Bearer ${token}` });
@@ -310,6 +315,14 @@ describe('gateway hardening', () => {
       const posts = up.requests.filter((r) => r.url === '/status/503' && r.method === 'POST').length;
       await h.assembled.gateway.app.inject({ method: 'POST', url: '/proxy/retry/status/503', headers: auth(), payload: {} });
       expect(up.requests.filter((r) => r.url === '/status/503' && r.method === 'POST').length).toBe(posts + 1);
+    });
+
+    it('keeps each upstream to its own connection pool (maxConnections)', async () => {
+      const calls = Array.from({ length: 6 }, (_, i) => h.assembled.gateway.app.inject({ url: `/proxy/pool/slow?ms=400&i=${i}`, headers: auth() }));
+      const results = await Promise.all(calls);
+      expect(results.map((r) => r.statusCode)).toEqual([200, 200, 200, 200, 200, 200]);
+      expect(pooled.requests.length).toBe(6);
+      expect(pooled.maxInFlight).toBe(2);
     });
 
     it('one agent cannot starve another: per-principal concurrency gives 429 + Retry-After, the other agent is served', async () => {
