@@ -4,7 +4,7 @@ import type { Cache } from './cache/cache.js';
 import type { CaracalConfig } from './config/schema.js';
 import { openEventLog } from './events/open.js';
 import type { EventLog } from './events/event-log.js';
-import { EventPublisher } from './events/publisher.js';
+import { EventPublisher, eventMessage } from './events/publisher.js';
 import { topicNames } from './events/topics.js';
 import { buildEvent, EVENT_TYPES, type LifecycleData } from './events/cloudevents.js';
 import { loadKeyRing, type KeyRing, type SigningKey } from './authority/tokens/keys.js';
@@ -97,7 +97,7 @@ export class AppContext {
   /** Announces a change to principals, policies or tokens so every gateway refreshes its facts. */
   async announce(data: LifecycleData): Promise<void> {
     const event = buildEvent(EVENT_TYPES.lifecycle, `caracal/${this.instanceId}`, data.principal_id ?? undefined, data);
-    await (await this.events()).publish(this.topics.lifecycle, [{ key: data.principal_id ?? 'global', value: JSON.stringify(event) }]);
+    await (await this.events()).publish(this.topics.lifecycle, [eventMessage(data.principal_id ?? 'global', event)]);
   }
 
   /** Closes what this context opened, newest first. */

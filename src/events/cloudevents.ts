@@ -8,6 +8,7 @@ import { newId } from '../util/ids.js';
 export const EVENT_TYPES = {
   decision: 'dev.caracal.policy.decision.v1',
   lifecycle: 'dev.caracal.agent.lifecycle.v1',
+  dlq: 'dev.caracal.dlq.entry.v1',
 } as const;
 
 export const DecisionDataSchema = z
@@ -41,12 +42,35 @@ export const LifecycleDataSchema = z
   })
   .strict();
 
+/** A message a consumer could not process, with where it came from and why (the DLQ topic). */
+export const DlqDataSchema = z
+  .object({
+    consumer_group: z.string().min(1),
+    original: z
+      .object({
+        topic: z.string().min(1),
+        partition: z.number().int().min(0),
+        offset: z.string().regex(/^\d+$/),
+        key: z.string().nullable(),
+        value: z.string(),
+        headers: z.record(z.string(), z.string()),
+        /** The failed event's own id, when it could be read. */
+        event_id: z.string().nullable(),
+      })
+      .strict(),
+    error: z.string(),
+    attempts: z.number().int().min(1),
+  })
+  .strict();
+
 export type DecisionData = z.infer<typeof DecisionDataSchema>;
+export type DlqData = z.infer<typeof DlqDataSchema>;
 export type LifecycleData = z.infer<typeof LifecycleDataSchema>;
 
 const DATA_SCHEMAS = {
   [EVENT_TYPES.decision]: DecisionDataSchema,
   [EVENT_TYPES.lifecycle]: LifecycleDataSchema,
+  [EVENT_TYPES.dlq]: DlqDataSchema,
 } as const;
 
 type EventType = (typeof EVENT_TYPES)[keyof typeof EVENT_TYPES];
@@ -109,7 +133,8 @@ export function parseEvent(raw: string): CloudEvent {
   }
   const envelope = CloudEventSchema.safeParse(json);
   if (!envelope.success) throw new EventSchemaError(`invalid CloudEvent: ${envelope.error.issues[0]?.path.join('.')} ${envelope.error.issues[0]?.message}`);
-  const schema = DATA_SCHEMAS[envelope.data.type as EventType];
+  // Own keys only: `constructor` or `__proto__` as a type must not find Object.prototype's members.
+  const schema = Object.hasOwn(DATA_SCHEMAS, envelope.data.type) ? DATA_SCHEMAS[envelope.data.type as EventType] : undefined;
   if (!schema) throw new EventSchemaError(`unknown event type ${envelope.data.type}`);
   const data = schema.safeParse(envelope.data.data);
   if (!data.success) throw new EventSchemaError(`invalid ${envelope.data.type} data: ${data.error.issues[0]?.path.join('.')} ${data.error.issues[0]?.message}`);

@@ -2,6 +2,14 @@ import { CaracalError } from '../errors/catalog.js';
 import type { CloudEvent } from './cloudevents.js';
 import type { EventLog, OutgoingMessage } from './event-log.js';
 
+/** The event format's media type, per the CloudEvents Kafka protocol binding (structured content mode). */
+export const CLOUDEVENTS_JSON_CONTENT_TYPE = 'application/cloudevents+json; charset=utf-8';
+
+/** One event as a message: content-type makes it a structured-mode CloudEvent under the Kafka binding. */
+export function eventMessage(key: string, event: CloudEvent): OutgoingMessage {
+  return { key, value: JSON.stringify(event), headers: { 'content-type': CLOUDEVENTS_JSON_CONTENT_TYPE, 'ce-type': event.type, 'ce-id': event.id } };
+}
+
 interface Pending {
   message: OutgoingMessage;
   resolve: () => void;
@@ -27,7 +35,7 @@ export class EventPublisher {
   publish(topic: string, key: string, event: CloudEvent): Promise<void> {
     if (this.closed) return Promise.reject(new CaracalError('CARACAL_EVENTS_UNAVAILABLE', 'event publisher is closed'));
     return new Promise<void>((resolve, reject) => {
-      const message: OutgoingMessage = { key, value: JSON.stringify(event), headers: { 'ce-type': event.type, 'ce-id': event.id } };
+      const message = eventMessage(key, event);
       let queue = this.queues.get(topic);
       if (!queue) this.queues.set(topic, (queue = []));
       queue.push({ message, resolve, reject });

@@ -1,0 +1,570 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Ajv2020, type AnySchemaObject, type ValidateFunction } from 'ajv/dist/2020.js';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import type { z } from 'zod';
+import {
+  buildEvent,
+  DecisionDataSchema,
+  DlqDataSchema,
+  EVENT_TYPES,
+  EventSchemaError,
+  LifecycleDataSchema,
+  parseEvent,
+  type DecisionData,
+  type LifecycleData,
+} from '../../src/events/cloudevents.js';
+
+/**
+ * The JSON Schemas in schemas/events against the zod schemas the producer (`buildEvent`) and the
+ * consumer (`parseEvent`) use: both must describe the same events, so that a consumer outside this
+ * repository that validates with the JSON Schemas accepts exactly what Caracal accepts.
+ */
+
+const SCHEMA_DIR = fileURLToPath(new URL('../../schemas/events/', import.meta.url));
+const SCHEMA_FILES = readdirSync(SCHEMA_DIR).filter((name) => name.endsWith('.json')).sort();
+const SCHEMAS = SCHEMA_FILES.map((file) => ({ file, schema: JSON.parse(readFileSync(SCHEMA_DIR + file, 'utf8')) as AnySchemaObject }));
+
+const urn = (name: string, version: number) => `urn:caracal:schema:${name}:v${version}`;
+const ENVELOPE = urn('cloudevent', 1);
+const DECISION = urn('policy.decision', 1);
+const LIFECYCLE = urn('agent.lifecycle', 1);
+const ADMIN = urn('admin.action', 1);
+const METERING = urn('metering.event', 1);
+const DLQ = urn('dlq.entry', 1);
+
+/** The data schema `parseEvent` applies to each type it knows; a type added to EVENT_TYPES fails the test until it is listed here and has a JSON Schema. */
+const ZOD_DATA: Record<string, unknown> = {
+  [EVENT_TYPES.decision]: DecisionDataSchema,
+  [EVENT_TYPES.lifecycle]: LifecycleDataSchema,
+  [EVENT_TYPES.dlq]: DlqDataSchema,
+};
+
+/** `dev.caracal.<name>.v<N>` → `urn:caracal:schema:<name>:v<N>`. */
+function schemaIdOf(type: string): string {
+  const match = /^dev\.caracal\.(.+)\.v(\d+)$/.exec(type);
+  if (!match) throw new Error(`type ${type} does not end in its version`);
+  return urn(match[1]!, Number(match[2]));
+}
+
+/** Any of the types parseEvent knows: what the agreement corpus is checked against. */
+const KNOWN_TO_ZOD = 'urn:caracal:test:known-to-zod';
+
+function newAjv(): Ajv2020 {
+  // strict: unknown keywords, ignored formats and ambiguous types are compile errors, so a typo in
+  // a schema cannot silently turn a constraint off. allErrors mirrors what a consumer would log.
+  const ajv = new Ajv2020({ strict: true, allErrors: true });
+  for (const { schema } of SCHEMAS) ajv.addSchema(schema);
+  ajv.addSchema({ $id: KNOWN_TO_ZOD, anyOf: Object.values(EVENT_TYPES).map((type) => ({ $ref: schemaIdOf(type) })) });
+  return ajv;
+}
+
+const ajv = newAjv();
+function validator(id: string): ValidateFunction {
+  const validate = ajv.getSchema(id);
+  if (!validate) throw new Error(`no schema ${id}`);
+  return validate;
+}
+
+/** What a JSON Schema consumer does with a message value: parse, then validate. */
+function schemaAccepts(id: string, text: string): boolean {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return false;
+  }
+  return validator(id)(json) === true;
+}
+
+function zodAccepts(text: string): boolean {
+  try {
+    parseEvent(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function describeErrors(id: string): string {
+  return ajv.errorsText(validator(id).errors);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arbitraries derived from the zod schemas: a field added to a zod schema is generated at once,
+// and the closed JSON Schema then rejects it until the JSON Schema learns it too.
+
+interface ZodInternals {
+  _zod: { def: Record<string, unknown> & { type: string }; optin?: string };
+  /** ZodString / ZodNumber getters (null or undefined when unconstrained). */
+  minLength?: number | null;
+  maxLength?: number | null;
+  minValue?: number | null;
+  maxValue?: number | null;
+  isInt?: boolean;
+}
+
+/** Fields that may be absent: `.optional()` and `.default()`. */
+const isOptional = (schema: unknown) => internals(schema).optin !== undefined;
+
+function regexOf(schema: unknown): RegExp | undefined {
+  const checks = (internals(schema).def.checks ?? []) as { _zod: { def: { format?: string; pattern?: RegExp } } }[];
+  return checks.map((check) => check._zod.def).find((def) => def.format === 'regex')?.pattern;
+}
+
+const internals = (schema: unknown) => (schema as ZodInternals)._zod;
+
+function arbitraryFor(schema: unknown): fc.Arbitrary<unknown> {
+  const { def } = internals(schema);
+  const checks = schema as ZodInternals;
+  switch (def.type) {
+    case 'object': {
+      const shape = def.shape as Record<string, unknown>;
+      const fields = Object.fromEntries(Object.entries(shape).map(([key, value]) => [key, arbitraryFor(value)]));
+      const requiredKeys = Object.keys(shape).filter((key) => !isOptional(shape[key]));
+      return fc.record(fields, { requiredKeys });
+    }
+    case 'string': {
+      const pattern = regexOf(schema);
+      if (pattern) return fc.stringMatching(pattern);
+      return fc.string({ unit: 'binary', minLength: checks.minLength ?? 0, maxLength: checks.maxLength ?? 24 });
+    }
+    case 'number': {
+      if (!checks.isInt) return fc.double({ noNaN: true, noDefaultInfinity: true, min: checks.minValue ?? undefined, max: checks.maxValue ?? undefined });
+      const min = Math.max(checks.minValue ?? Number.MIN_SAFE_INTEGER, Number.MIN_SAFE_INTEGER);
+      const max = Math.min(checks.maxValue ?? Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+      return fc.oneof(fc.integer({ min, max }), fc.constantFrom(min, max));
+    }
+    case 'boolean':
+      return fc.boolean();
+    case 'nullable':
+      return fc.option(arbitraryFor(def.innerType), { nil: null });
+    case 'optional':
+    case 'default':
+      return arbitraryFor(def.innerType);
+    case 'array':
+      return fc.array(arbitraryFor(def.element), { maxLength: 4 });
+    case 'enum':
+      return fc.constantFrom(...Object.values(def.entries as Record<string, string>));
+    case 'record':
+      return fc.dictionary(arbitraryFor(def.keyType) as fc.Arbitrary<string>, arbitraryFor(def.valueType), { maxKeys: 4 });
+    case 'unknown':
+      return fc.jsonValue({ maxDepth: 2 });
+    case 'literal':
+      return fc.constantFrom(...(def.values as unknown[]));
+    default:
+      throw new Error(`no arbitrary for zod type "${def.type}": extend arbitraryFor`);
+  }
+}
+
+const envelopeArbitrary = fc.record({
+  source: fc.string({ unit: 'binary', minLength: 1, maxLength: 40 }),
+  subject: fc.option(fc.string({ unit: 'binary', maxLength: 40 }), { nil: undefined }),
+  // Years 0000–9999: Date#toISOString writes other years with a sign and six digits, which is
+  // not the RFC 3339 time either schema accepts.
+  now: fc.date({ min: new Date('0000-01-01T00:00:00.000Z'), max: new Date('9999-12-31T23:59:59.999Z'), noInvalidDate: true }),
+});
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+const decisionData = (overrides: Partial<DecisionData> = {}): DecisionData => ({
+  decision_id: '0193a5c0-0000-7000-8000-000000000001',
+  request_id: 'req-1',
+  principal_id: 'agent-1',
+  token_id: 'tok-1',
+  upstream: 'openai',
+  method: 'POST',
+  path: '/openai/v1/chat/completions',
+  upstream_url: 'https://api.openai.com/v1/chat/completions',
+  resource: 'chat',
+  action: 'invoke',
+  allow: true,
+  reasons: [],
+  policy_ids: ['pol-1'],
+  bundle_revision: 'rev-1',
+  status: 200,
+  ...overrides,
+});
+
+const lifecycleData = (overrides: Partial<LifecycleData> = {}): LifecycleData => ({
+  entity: 'mandate',
+  action: 'revoked',
+  principal_id: 'agent-1',
+  entity_id: 'm-1',
+  attributes: { ids: ['m-1', 'm-2'] },
+  ...overrides,
+});
+
+const validDlq = () =>
+  buildEvent(EVENT_TYPES.dlq, 'caracal/ledger-writer/i-1', undefined, {
+    consumer_group: 'caracal-ledger-writer',
+    original: { topic: 'caracal.policy.decisions', partition: 3, offset: '9007199254740993', key: 'agent-1', value: '{"not":"an event"}', headers: { 'content-type': 'text/plain' }, event_id: null },
+    error: 'invalid CloudEvent: id Required',
+    attempts: 5,
+  });
+const validDecision = () => buildEvent(EVENT_TYPES.decision, 'caracal/gateway/i-1', 'agent-1', decisionData(), new Date('2026-12-02T10:00:00.000Z'));
+const validLifecycle = () => buildEvent(EVENT_TYPES.lifecycle, 'caracal/i-1', 'agent-1', lifecycleData(), new Date('2026-12-02T10:00:00.000Z'));
+
+function envelopeFor(type: string, data: unknown): Record<string, unknown> {
+  return {
+    specversion: '1.0',
+    id: '0193a5c0-0000-7000-8000-00000000000a',
+    type,
+    source: 'caracal/gateway/i-1',
+    time: '2026-12-02T10:00:00.123Z',
+    subject: 'agent-1',
+    datacontenttype: 'application/json',
+    data,
+  };
+}
+
+const json = (value: unknown) => JSON.stringify(value);
+/** A valid event's JSON text with `key` replaced (or added) as raw JSON text, so that keys such as `__proto__` stay own properties. */
+function withRaw(event: object, key: string, rawValue: string, inData = false): string {
+  const copy: Record<string, unknown> = JSON.parse(json(event));
+  const target = (inData ? copy.data : copy) as Record<string, unknown>;
+  delete target[key];
+  const marker = '"__marker__":0';
+  target.__marker__ = 0;
+  return json(copy).replace(marker, `${JSON.stringify(key)}:${rawValue}`);
+}
+function without(event: object, key: string, inData = false): string {
+  const copy: Record<string, unknown> = JSON.parse(json(event));
+  delete ((inData ? copy.data : copy) as Record<string, unknown>)[key];
+  return json(copy);
+}
+
+const MEGABYTE = 'a'.repeat(1024 * 1024);
+
+/** Events both parsers must reject. */
+const HOSTILE: Record<string, string> = {
+  'not JSON': '{"specversion":',
+  'empty text': '',
+  'JSON null': 'null',
+  'an array': json([validDecision()]),
+  'a string': json(json(validDecision())),
+  'missing id': without(validDecision(), 'id'),
+  'empty id': withRaw(validDecision(), 'id', '""'),
+  'numeric id': withRaw(validDecision(), 'id', '42'),
+  'id of 129 characters': withRaw(validDecision(), 'id', json('x'.repeat(129))),
+  'id of 1 MiB': withRaw(validDecision(), 'id', json(MEGABYTE)),
+  'missing specversion': without(validDecision(), 'specversion'),
+  'specversion 0.3': withRaw(validDecision(), 'specversion', '"0.3"'),
+  'specversion as a number': withRaw(validDecision(), 'specversion', '1.0'),
+  'unknown envelope attribute': withRaw(validDecision(), 'extension1', '"x"'),
+  'dataschema (not written by Caracal)': withRaw(validDecision(), 'dataschema', json(DECISION)),
+  data_base64: withRaw(validDecision(), 'data_base64', '"e30="'),
+  'missing source': without(validDecision(), 'source'),
+  'empty source': withRaw(validDecision(), 'source', '""'),
+  'time with an offset': withRaw(validDecision(), 'time', '"2026-12-02T10:00:00+01:00"'),
+  'time on 29 February of a common year': withRaw(validDecision(), 'time', '"2026-02-29T10:00:00Z"'),
+  'time with a lowercase t': withRaw(validDecision(), 'time', '"2026-12-02t10:00:00Z"'),
+  'time as epoch milliseconds': withRaw(validDecision(), 'time', '1764669600000'),
+  'time with an expanded year': withRaw(validDecision(), 'time', json(new Date(Date.UTC(10_000, 0, 1)).toISOString())),
+  'null subject': withRaw(validDecision(), 'subject', 'null'),
+  'numeric subject': withRaw(validDecision(), 'subject', '5'),
+  'datacontenttype text/plain': withRaw(validDecision(), 'datacontenttype', '"text/plain"'),
+  'missing datacontenttype': without(validDecision(), 'datacontenttype'),
+  'unknown type': withRaw(validDecision(), 'type', '"dev.caracal.nothing.v1"'),
+  'decision type v2': withRaw(validDecision(), 'type', '"dev.caracal.policy.decision.v2"'),
+  'decision data under the lifecycle type': withRaw(validDecision(), 'type', json(EVENT_TYPES.lifecycle)),
+  'missing data': without(validDecision(), 'data'),
+  'null data': withRaw(validDecision(), 'data', 'null'),
+  'array data': withRaw(validDecision(), 'data', '[]'),
+  'top-level __proto__': withRaw(validDecision(), '__proto__', '{"polluted":true}'),
+  'top-level constructor': withRaw(validDecision(), 'constructor', '{"prototype":{"polluted":true}}'),
+  'decision: __proto__ in data': withRaw(validDecision(), '__proto__', '{"allow":false}', true),
+  'decision: prototype in data': withRaw(validDecision(), 'prototype', '{}', true),
+  'decision: unknown field': withRaw(validDecision(), 'cost', '1', true),
+  'decision: missing decision_id': without(validDecision(), 'decision_id', true),
+  'decision: empty request_id': withRaw(validDecision(), 'request_id', '""', true),
+  'decision: allow as a string': withRaw(validDecision(), 'allow', '"true"', true),
+  'decision: status as a string': withRaw(validDecision(), 'status', '"200"', true),
+  'decision: fractional status': withRaw(validDecision(), 'status', '200.5', true),
+  'decision: status beyond 2^53': withRaw(validDecision(), 'status', '9007199254740993', true),
+  'decision: status 1e400': withRaw(validDecision(), 'status', '1e400', true),
+  'decision: numeric principal_id': withRaw(validDecision(), 'principal_id', '5', true),
+  'decision: numeric upstream_url': withRaw(validDecision(), 'upstream_url', '5', true),
+  'decision: reasons with a number': withRaw(validDecision(), 'reasons', '["ok",1]', true),
+  'decision: policy_ids as an object': withRaw(validDecision(), 'policy_ids', '{"0":"p"}', true),
+  'decision: missing principal_id (null is required, not absent)': without(validDecision(), 'principal_id', true),
+  'lifecycle: unknown entity': withRaw(validLifecycle(), 'entity', '"user"', true),
+  'lifecycle: empty action': withRaw(validLifecycle(), 'action', '""', true),
+  'lifecycle: attributes as an array': withRaw(validLifecycle(), 'attributes', '[]', true),
+  'lifecycle: null attributes': withRaw(validLifecycle(), 'attributes', 'null', true),
+  'lifecycle: unknown field': withRaw(validLifecycle(), 'extra', '1', true),
+  'lifecycle: __proto__ in data': withRaw(validLifecycle(), '__proto__', '{"entity":"token"}', true),
+  'dlq: offset that is not a decimal string': withRaw(validDlq(), 'original', json({ ...validDlq().data.original, offset: '-1' }), true),
+  'dlq: numeric offset': withRaw(validDlq(), 'original', json({ ...validDlq().data.original, offset: 12 }), true),
+  'dlq: negative partition': withRaw(validDlq(), 'original', json({ ...validDlq().data.original, partition: -1 }), true),
+  'dlq: a header that is not a string': withRaw(validDlq(), 'original', json({ ...validDlq().data.original, headers: { a: 1 } }), true),
+  'dlq: zero attempts': withRaw(validDlq(), 'attempts', '0', true),
+  'dlq: unknown field in original': withRaw(validDlq(), 'original', json({ ...validDlq().data.original, extra: 1 }), true),
+};
+
+/** Events both parsers must accept, chosen at the edges of each constraint. */
+const EDGES: Record<string, string> = {
+  decision: json(validDecision()),
+  lifecycle: json(validLifecycle()),
+  dlq: json(validDlq()),
+  'dlq entry whose original headers hold __proto__': withRaw(validDlq(), 'original', json(validDlq().data.original).replace('"headers":{', '"headers":{"__proto__":"x",'), true),
+  'decision without upstream_url (written before it existed)': without(validDecision(), 'upstream_url', true),
+  'decision with a null upstream_url': withRaw(validDecision(), 'upstream_url', 'null', true),
+  'decision refused before authentication': json(
+    buildEvent(EVENT_TYPES.decision, 's', undefined, decisionData({ principal_id: null, token_id: null, upstream: null, resource: null, action: null, allow: false, status: 401 })),
+  ),
+  'decision with a 1 MiB path (no maxLength applies)': withRaw(validDecision(), 'path', json(MEGABYTE), true),
+  'decision with status 2^53 - 1': withRaw(validDecision(), 'status', String(Number.MAX_SAFE_INTEGER), true),
+  'decision with status written as 200.0': withRaw(validDecision(), 'status', '200.0', true),
+  'id of 128 characters': withRaw(validDecision(), 'id', json('x'.repeat(128))),
+  'empty subject': withRaw(validDecision(), 'subject', '""'),
+  'no subject': without(validDecision(), 'subject'),
+  'time without fraction': withRaw(validDecision(), 'time', '"2026-12-02T10:00:00Z"'),
+  'time with nanoseconds': withRaw(validDecision(), 'time', '"2026-12-02T10:00:00.123456789Z"'),
+  'time on a leap day': withRaw(validDecision(), 'time', '"2024-02-29T23:59:59Z"'),
+  'lifecycle without attributes': without(validLifecycle(), 'attributes', true),
+  'lifecycle with __proto__ inside the open attributes': withRaw(validLifecycle(), 'attributes', '{"__proto__":{"polluted":true},"ids":[]}', true),
+  'lone surrogate and astral characters in strings': withRaw(validDecision(), 'path', '"/\\ud800/\u{1F600}"', true),
+};
+
+// ---------------------------------------------------------------------------------------------
+
+describe('event JSON Schemas (schemas/events)', () => {
+  it('every schema is a draft 2020-12 schema that compiles in strict mode, named <name>.v<N>.json with $id urn:caracal:schema:<name>:v<N>', () => {
+    expect(SCHEMA_FILES).toEqual([
+      'admin.action.v1.json',
+      'agent.lifecycle.v1.json',
+      'cloudevent.v1.json',
+      'dlq.entry.v1.json',
+      'metering.event.v1.json',
+      'policy.decision.v1.json',
+    ]);
+    for (const { file, schema } of SCHEMAS) {
+      const match = /^(.+)\.v(\d+)\.json$/.exec(file);
+      expect(match, file).not.toBeNull();
+      expect(schema.$schema, file).toBe('https://json-schema.org/draft/2020-12/schema');
+      expect(schema.$id, file).toBe(urn(match![1]!, Number(match![2])));
+      // A fresh instance per file: compiling must not depend on anything but the files themselves.
+      const fresh = new Ajv2020({ strict: true });
+      for (const other of SCHEMAS) fresh.addSchema(other.schema);
+      expect(fresh.getSchema(schema.$id as string), file).toBeTypeOf('function');
+    }
+  });
+
+  it('ajv strict mode is on: a schema with an unknown keyword does not compile', () => {
+    expect(() => new Ajv2020({ strict: true }).compile({ type: 'string', maxLenght: 3 })).toThrow(/unknown keyword/);
+  });
+
+  it('each per-type schema pins its CloudEvents type, which ends in the schema version', () => {
+    for (const { file, schema } of SCHEMAS.filter((s) => s.file !== 'cloudevent.v1.json')) {
+      const [, name, version] = /^(.+)\.v(\d+)\.json$/.exec(file)!;
+      const type = (schema.properties as Record<string, { const?: string }>).type?.const;
+      expect(type, file).toBe(`dev.caracal.${name}.v${version}`);
+      expect(schema.$ref, file).toBe(ENVELOPE);
+    }
+  });
+
+  it('every type parseEvent knows has a JSON Schema and a zod data schema in this test', () => {
+    for (const type of Object.values(EVENT_TYPES)) {
+      expect(ajv.getSchema(schemaIdOf(type)), type).toBeTypeOf('function');
+      expect(ZOD_DATA[type], `${type}: add its zod data schema to ZOD_DATA`).toBeDefined();
+    }
+  });
+
+  it('the data schemas list the same fields as the zod schemas, with the same required ones', () => {
+    for (const [type, zodSchema] of Object.entries(ZOD_DATA)) {
+      const id = schemaIdOf(type);
+      const data = (ajv.getSchema(`${id}#/$defs/data`)?.schema ?? {}) as { properties: object; required: string[] };
+      const shape = (zodSchema as z.ZodObject).shape as Record<string, unknown>;
+      expect(Object.keys(data.properties).sort(), id).toEqual(Object.keys(shape).sort());
+      expect([...data.required].sort(), id).toEqual(Object.keys(shape).filter((key) => !isOptional(shape[key])).sort());
+    }
+  });
+
+  describe('events built by buildEvent validate', () => {
+    it('fixed decision, lifecycle and DLQ events', () => {
+      for (const [id, event] of [
+        [DECISION, validDecision()],
+        [LIFECYCLE, validLifecycle()],
+        [DLQ, validDlq()],
+      ] as const) {
+        expect(validator(id)(JSON.parse(json(event))), describeErrors(id)).toBe(true);
+        expect(validator(ENVELOPE)(JSON.parse(json(event))), describeErrors(ENVELOPE)).toBe(true);
+      }
+    });
+
+    it('a decision event does not validate as a lifecycle event, nor the reverse', () => {
+      expect(validator(LIFECYCLE)(JSON.parse(json(validDecision())))).toBe(false);
+      expect(validator(DECISION)(JSON.parse(json(validLifecycle())))).toBe(false);
+    });
+
+    for (const [type, dataSchema] of Object.entries(ZOD_DATA)) {
+      const id = schemaIdOf(type);
+      it(`random ${type} data generated from the zod schema validates, and parseEvent reads it back`, () => {
+        fc.assert(
+          fc.property(envelopeArbitrary, arbitraryFor(dataSchema), ({ source, subject, now }, data) => {
+            const event = buildEvent(type as (typeof EVENT_TYPES)[keyof typeof EVENT_TYPES], source, subject, data as never, now);
+            const text = json(event);
+            const valid = validator(id)(JSON.parse(text));
+            if (!valid) throw new Error(`${describeErrors(id)}\n${text}`);
+            expect(parseEvent(text)).toEqual(JSON.parse(text));
+          }),
+          { numRuns: 300 },
+        );
+      });
+    }
+  });
+
+  describe('the JSON Schemas and parseEvent agree', () => {
+    it.each(Object.entries(HOSTILE))('both reject: %s', (_name, text) => {
+      expect(schemaAccepts(KNOWN_TO_ZOD, text)).toBe(false);
+      expect(zodAccepts(text)).toBe(false);
+    });
+
+    it.each(Object.entries(EDGES))('both accept: %s', (_name, text) => {
+      expect(schemaAccepts(KNOWN_TO_ZOD, text), describeErrors(KNOWN_TO_ZOD)).toBe(true);
+      expect(zodAccepts(text)).toBe(true);
+    });
+
+    it('accepting __proto__ inside attributes pollutes nothing: parseEvent drops the key', () => {
+      const event = parseEvent(EDGES['lifecycle with __proto__ inside the open attributes']!);
+      const attributes = (event.data as LifecycleData).attributes;
+      expect(Object.keys(attributes)).toEqual(['ids']);
+      expect(Object.getPrototypeOf(attributes)).toBe(Object.prototype);
+      expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    });
+
+    it('never disagree on random mutations of valid events', () => {
+      const base = [validDecision(), validLifecycle(), validDlq(), buildEvent(EVENT_TYPES.decision, 's', undefined, decisionData({ upstream_url: undefined }))];
+      const keys = [...new Set(base.flatMap((event) => [...Object.keys(event), ...Object.keys(event.data)]))];
+      const value = fc.oneof(
+        fc.jsonValue({ maxDepth: 1 }),
+        fc.constantFrom('', '1.0', 'dev.caracal.policy.decision.v1', 'dev.caracal.agent.lifecycle.v1', 'principal', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00.5Z'),
+      );
+      const mutation = fc.record({
+        event: fc.constantFrom(...base),
+        inData: fc.boolean(),
+        key: fc.oneof(fc.constantFrom(...keys, '__proto__', 'constructor', 'dataschema'), fc.string({ maxLength: 8 })),
+        remove: fc.boolean(),
+        value,
+      });
+      fc.assert(
+        fc.property(mutation, ({ event, inData, key, remove, value }) => {
+          const text = remove ? without(event, key, inData) : withRaw(event, key, json(value), inData);
+          expect(zodAccepts(text), text).toBe(schemaAccepts(KNOWN_TO_ZOD, text));
+        }),
+        { numRuns: 2_000 },
+      );
+    });
+
+    it('both count string lengths in code points: an id of 128 astral characters fits, 129 do not', () => {
+      const fits = withRaw(validDecision(), 'id', json('\u{1F600}'.repeat(128)));
+      const tooLong = withRaw(validDecision(), 'id', json('\u{1F600}'.repeat(129)));
+      expect([schemaAccepts(KNOWN_TO_ZOD, fits), zodAccepts(fits)]).toEqual([true, true]);
+      expect([schemaAccepts(KNOWN_TO_ZOD, tooLong), zodAccepts(tooLong)]).toEqual([false, false]);
+    });
+
+    // Inherited names of a plain object (`constructor`, `__proto__`, …) are not event types: a lookup
+    // that forgot `Object.hasOwn` answered them with a TypeError instead of EventSchemaError.
+    it.each(['__proto__', 'constructor', 'toString', 'hasOwnProperty'])('parseEvent rejects the type %s with EventSchemaError', (type) => {
+      const text = withRaw(validDecision(), 'type', json(type));
+      expect(schemaAccepts(KNOWN_TO_ZOD, text)).toBe(false);
+      expect(() => parseEvent(text)).toThrow(EventSchemaError);
+    });
+  });
+
+  describe('admin.action v1 (no zod parser yet: the JSON Schema alone)', () => {
+    const adminData = (overrides: Record<string, unknown> = {}) => ({
+      operation: 'agent.suspend',
+      transport: 'admin_api',
+      actor: { kind: 'admin_token', id: 'sha256:0123456789abcdef' },
+      origin: { address: '::ffff:127.0.0.1', host: null, request_id: 'req-9' },
+      arguments_digest: `sha256:${'ab'.repeat(32)}`,
+      outcome: 'ok',
+      error_code: null,
+      duration_ms: 12,
+      ...overrides,
+    });
+    const accepts = (data: unknown, type = 'dev.caracal.admin.action.v1') => validator(ADMIN)(JSON.parse(json(envelopeFor(type, data))));
+
+    it('accepts an admin API call, a failed one, and a CLI run', () => {
+      expect(accepts(adminData()), describeErrors(ADMIN)).toBe(true);
+      expect(accepts(adminData({ operation: 'no-such-op', outcome: 'error', error_code: 'CARACAL_NOT_FOUND', arguments_digest: null })), describeErrors(ADMIN)).toBe(true);
+      expect(
+        accepts(adminData({ transport: 'cli', actor: { kind: 'os_user', id: 'ops' }, origin: { address: null, host: 'bastion-1', request_id: null } })),
+        describeErrors(ADMIN),
+      ).toBe(true);
+    });
+
+    it.each([
+      ['another type', adminData(), 'dev.caracal.policy.decision.v1'],
+      ['ok with an error code', adminData({ error_code: 'CARACAL_INTERNAL' }), undefined],
+      ['error without an error code', adminData({ outcome: 'error' }), undefined],
+      ['an error code outside the catalog shape', adminData({ outcome: 'error', error_code: 'boom' }), undefined],
+      ['a raw credential as the actor', adminData({ actor: { kind: 'admin_token', id: 'the-admin-token' } }), undefined],
+      ['a digest that is not sha256 hex', adminData({ arguments_digest: 'md5:abc' }), undefined],
+      ['the arguments themselves', adminData({ arguments: { name: 'x' } }), undefined],
+      ['an operation name with a slash', adminData({ operation: '../etc' }), undefined],
+      ['a 1 MiB origin address', adminData({ origin: { address: MEGABYTE, host: null, request_id: null } }), undefined],
+      ['a 1 MiB request id', adminData({ origin: { address: '127.0.0.1', host: null, request_id: MEGABYTE } }), undefined],
+      ['a negative duration', adminData({ duration_ms: -1 }), undefined],
+      ['an unknown transport', adminData({ transport: 'grpc' }), undefined],
+    ])('rejects %s', (_name, data, type) => {
+      expect(accepts(data, type)).toBe(false);
+    });
+
+    it('rejects __proto__ in data (closed object)', () => {
+      expect(schemaAccepts(ADMIN, withRaw(envelopeFor('dev.caracal.admin.action.v1', adminData()), '__proto__', '{}', true))).toBe(false);
+    });
+  });
+
+  describe('metering.event v1 (provisional; no producer yet)', () => {
+    const meteringData = (overrides: Record<string, unknown> = {}) => ({
+      decision_id: 'd-1',
+      principal_id: 'agent-1',
+      mandate_chain: ['m-root', 'm-leaf'],
+      upstream: 'anthropic',
+      resource: 'messages',
+      model: 'claude-x',
+      tokens: { input: 1200, output: 300, cached: 0 },
+      cost: { micros: 5_400, currency: 'USD' },
+      cost_exact: true,
+      upstream_status: 200,
+      bytes: { request: 2048, response: 4096 },
+      duration_ms: 812,
+      ...overrides,
+    });
+    const accepts = (data: unknown) => validator(METERING)(JSON.parse(json(envelopeFor('dev.caracal.metering.event.v1', data))));
+
+    it('is marked provisional', () => {
+      const schema = SCHEMAS.find((s) => s.file === 'metering.event.v1.json')!.schema;
+      expect(schema.title).toMatch(/PROVISIONAL/);
+      expect(schema.description).toMatch(/^PROVISIONAL/);
+    });
+
+    it('accepts an exact LLM call and an estimated non-LLM call with an unreachable upstream', () => {
+      expect(accepts(meteringData()), describeErrors(METERING)).toBe(true);
+      expect(
+        accepts(meteringData({ mandate_chain: [], model: null, resource: null, tokens: { input: null, output: null, cached: null }, cost_exact: false, upstream_status: null })),
+        describeErrors(METERING),
+      ).toBe(true);
+    });
+
+    it.each([
+      ['fractional micro-units', meteringData({ cost: { micros: 0.5, currency: 'USD' } })],
+      ['a lowercase currency', meteringData({ cost: { micros: 1, currency: 'usd' } })],
+      ['a currency symbol', meteringData({ cost: { micros: 1, currency: '$' } })],
+      ['negative tokens', meteringData({ tokens: { input: -1, output: 0, cached: 0 } })],
+      ['missing cached tokens', meteringData({ tokens: { input: 1, output: 0 } })],
+      ['cost_exact as a string', meteringData({ cost_exact: 'yes' })],
+      ['upstream status 600', meteringData({ upstream_status: 600 })],
+      ['a cost beyond 2^53', meteringData({ cost: { micros: 2 ** 53 + 2, currency: 'EUR' } })],
+      ['an unknown field', meteringData({ price: 1 })],
+      ['a missing principal', meteringData({ principal_id: undefined })],
+    ])('rejects %s', (_name, data) => {
+      expect(accepts(data)).toBe(false);
+    });
+  });
+});
