@@ -4,9 +4,12 @@ import { isCaracalError } from '../errors/catalog.js';
 import { registerAgentCommands } from './commands/agent.js';
 import { registerAllowlistCommands } from './commands/allowlist.js';
 import { registerBundleCommands } from './commands/bundle.js';
+import { registerAuditCommands } from './commands/audit.js';
+import { registerConsumerCommands } from './commands/consumers.js';
 import { registerDbCommands } from './commands/db.js';
 import { registerKafkaCommands } from './commands/kafka.js';
 import { registerMandateCommands } from './commands/mandate.js';
+import { registerPartitionCommands } from './commands/partitions.js';
 import { registerPolicyCommands } from './commands/policy.js';
 import { registerServeCommands } from './commands/serve.js';
 import { registerTokenCommands } from './commands/token.js';
@@ -32,7 +35,10 @@ export function buildProgram(runtime: () => CliRuntime, err: (text: string) => v
   registerAllowlistCommands(program, runtime);
   registerTokenCommands(program, runtime);
   registerDbCommands(program, runtime);
+  registerPartitionCommands(program, runtime);
   registerKafkaCommands(program, runtime);
+  registerConsumerCommands(program, runtime);
+  registerAuditCommands(program, runtime);
   registerMandateCommands(program, runtime);
   registerBundleCommands(program, runtime);
   // Subcommands inherit the strict behaviour: unknown flags and extra arguments are errors.

@@ -141,11 +141,13 @@ export const ConfigSchema = z
         brokers: z.array(z.string().regex(/^[^\s:]+:\d+$/, 'must be host:port')).min(1).optional(),
         clientId: z.string().min(1).default('caracal'),
         topicPrefix: z.string().regex(/^[A-Za-z0-9._-]*$/).default('caracal.'),
+        /** Prefix of the consumer group ids (`<prefix>audit-logger-group`, …): separates deployments sharing a broker. */
+        groupPrefix: z.string().regex(/^[A-Za-z0-9._-]*$/).default(''),
         partitions: z.coerce.number().int().min(1).max(1000).default(3),
         replicationFactor: z.coerce.number().int().min(1).max(10).default(1),
       })
       .strict()
-      .default({ clientId: 'caracal', topicPrefix: 'caracal.', partitions: 3, replicationFactor: 1 }),
+      .default({ clientId: 'caracal', topicPrefix: 'caracal.', groupPrefix: '', partitions: 3, replicationFactor: 1 }),
     redis: z
       .object({
         /** Redis URL; unset = in-process cache. */
@@ -250,6 +252,7 @@ export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
   KAFKA_BROKERS: { path: ['kafka', 'brokers'], list: true },
   CARACAL_KAFKA_CLIENT_ID: { path: ['kafka', 'clientId'] },
   CARACAL_TOPIC_PREFIX: { path: ['kafka', 'topicPrefix'] },
+  CARACAL_GROUP_PREFIX: { path: ['kafka', 'groupPrefix'] },
   CARACAL_KAFKA_PARTITIONS: { path: ['kafka', 'partitions'] },
   CARACAL_KAFKA_REPLICATION_FACTOR: { path: ['kafka', 'replicationFactor'] },
   REDIS_URL: { path: ['redis', 'url'] },

@@ -169,6 +169,11 @@ export interface StartGatewayOptions {
   prepare?: boolean;
   /** Replacements for the context's ports and the engine (tests, benchmarks). */
   overrides?: ContextOverrides & { engine?: PolicyEvaluator };
+  /**
+   * Other roles sharing this process and its context (the consumers under `caracal dev`): started
+   * once the gateway listens, stopped after it has drained and before the context closes.
+   */
+  companions?: (ctx: AppContext) => Promise<{ stop(): Promise<void> }>;
 }
 
 function urlOf(app: FastifyInstance, tls = false): string {
@@ -186,9 +191,11 @@ export async function startGateway(config: Readonly<CaracalConfig>, options: Sta
   const log = ctx.logger.child({ component: 'gateway' });
   const listening: FastifyInstance[] = [];
   let assembled: AssembledGateway | undefined;
+  let companions: { stop(): Promise<void> } | undefined;
   const teardown = async () => {
     for (const app of listening.reverse()) await app.close().catch(() => {});
     await assembled?.stop().catch(() => {});
+    await companions?.stop().catch((err) => log.warn({ err }, 'error while stopping companion roles'));
     await ctx.close(); // publisher flush → event log → cache → database
     lock?.release();
   };
@@ -215,6 +222,7 @@ export async function startGateway(config: Readonly<CaracalConfig>, options: Sta
     listening.push(metricsApp);
 
     const adminUrl = urlOf(admin);
+    if (options.companions) companions = await options.companions(ctx);
     lock?.publishRuntime(adminUrl, adminToken);
     log.info({ gateway: urlOf(gateway.app, Boolean(config.gateway.tls)), admin: adminUrl, metrics: urlOf(metricsApp), bundle_revision: assembled.engine.current.revision }, 'gateway listening');
 

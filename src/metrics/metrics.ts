@@ -93,3 +93,24 @@ export class GatewayMetrics {
     });
   }
 }
+
+/** The consumers' registry (`metrics.consumersPort`): processed events, DLQ, lag. */
+export class ConsumerMetrics {
+  readonly registry = new Registry();
+  readonly events: Counter<'role' | 'topic' | 'result'>;
+  readonly dlqSize: Gauge<string>;
+  readonly lag: Gauge<'group' | 'topic'>;
+
+  constructor(defaultMetrics = true) {
+    if (defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'caracal_' });
+    const registers = [this.registry];
+    this.events = new Counter({
+      name: 'caracal_consumer_events_total',
+      help: 'Events handled by a consumer role, by outcome (processed, dead_lettered)',
+      labelNames: ['role', 'topic', 'result'],
+      registers,
+    });
+    this.dlqSize = new Gauge({ name: 'caracal_dlq_size', help: 'Dead-letter entries not yet redriven', registers });
+    this.lag = new Gauge({ name: 'caracal_kafka_consumer_lag', help: 'Messages not yet committed by a consumer group, per topic', labelNames: ['group', 'topic'], registers });
+  }
+}

@@ -2,7 +2,10 @@ import type { z } from 'zod';
 import type { AppContext } from '../context.js';
 import { CaracalError } from '../errors/catalog.js';
 import { ALLOWLIST_OPERATIONS } from './allowlists.js';
+import { AUDIT_OPERATIONS } from './audit.js';
+import { AUDIT_QUERY_OPERATIONS } from './audit-query.js';
 import { AUTHORITY_OPERATIONS } from './authority.js';
+import { DLQ_OPERATIONS } from './dlq.js';
 import { MANDATE_OPERATIONS } from './mandates.js';
 import type { Operation } from './define.js';
 import { SYSTEM_OPERATIONS } from './system.js';
@@ -18,6 +21,9 @@ export const OPERATIONS = {
   ...ALLOWLIST_OPERATIONS,
   ...MANDATE_OPERATIONS,
   ...SYSTEM_OPERATIONS,
+  ...AUDIT_OPERATIONS,
+  ...AUDIT_QUERY_OPERATIONS,
+  ...DLQ_OPERATIONS,
 } as const;
 
 export type OperationName = keyof typeof OPERATIONS;

@@ -85,7 +85,7 @@ function backendConfig(backend: Backend, overrides: HarnessOptions['configOverri
   const services = requireServices();
   return {
     database: { ...(overrides?.database as object | undefined), url: services.databaseUrl, schema: randomName('gw') },
-    kafka: { ...(overrides?.kafka as object | undefined), brokers: services.kafkaBrokers, clientId: randomName('caracal_harness') },
+    kafka: { ...(overrides?.kafka as object | undefined), brokers: services.kafkaBrokers, clientId: randomName('caracal_harness'), groupPrefix: `${randomName('g')}.` },
     redis: { ...(overrides?.redis as object | undefined), url: services.redisUrl, keyPrefix: `${randomName('gw')}:` },
   };
 }

@@ -333,7 +333,7 @@ describe('LocalEventLog concurrency (two instances on one PostgreSQL schema)', (
 describe('openEventLog and connection failures', () => {
   it('opens the local log without brokers and Kafka with them', async () => {
     const db = await PgliteDb.open();
-    const base = { logLevel: 'silent' as const, kafka: { clientId: 'caracal', topicPrefix: 'caracal.', partitions: 3, replicationFactor: 1 } };
+    const base = { logLevel: 'silent' as const, kafka: { clientId: 'caracal', topicPrefix: 'caracal.', groupPrefix: '', partitions: 3, replicationFactor: 1 } };
     const local = await openEventLog(base, db);
     expect(local.kind).toBe('local');
     await local.close();

@@ -3,6 +3,7 @@ import { UpstreamSchema, type CaracalConfig } from '../../config/schema.js';
 import { startEchoUpstream, type EchoUpstream } from '../../dev/echo-upstream.js';
 import { startGateway, type RunningGateway } from '../../gateway/server.js';
 import type { CliRuntime } from '../runtime.js';
+import { startConsumers } from '../../consumers/index.js';
 
 /** Resolves once SIGINT/SIGTERM has shut the gateway down; a second signal or the timer forces exit. */
 function untilSignal(running: RunningGateway, graceMs: number, extra: () => Promise<void> = async () => {}): Promise<void> {
@@ -67,7 +68,7 @@ export function registerServeCommands(program: Command, rt: () => CliRuntime): v
 
   program
     .command('dev')
-    .description('run every role in one process on the embedded default (what `npm start` runs)')
+    .description('run every role (gateway, admin API, consumers) in one process on the embedded default (what `npm start` runs)')
     .action(async () => {
       const runtime = rt();
       let config = runtime.config();
@@ -77,7 +78,8 @@ export function registerServeCommands(program: Command, rt: () => CliRuntime): v
         echo = await startEchoUpstream();
         config = { ...config, gateway: { ...config.gateway, upstreams: [UpstreamSchema.parse({ name: 'echo', url: echo.url })] } };
       }
-      const running = await startGateway(config).catch(async (err) => {
+      // The consumers share the gateway's process and context (one embedded database).
+      const running = await startGateway(config, { companions: (ctx) => startConsumers(ctx, undefined, { prepare: false }) }).catch(async (err) => {
         await echo?.close();
         throw err;
       });

@@ -1,0 +1,124 @@
+import type { AppContext } from '../context.js';
+import { EventSchemaError } from '../events/cloudevents.js';
+import type { EventLog, LogMessage, Subscription } from '../events/event-log.js';
+import type { Logger } from '../logging/logger.js';
+import { backoffDelay, sleep } from '../util/retry.js';
+import { buildDlqMessage } from './dlq.js';
+
+/**
+ * One consumer role (audit-logger, …): a consumer group over some topics and what it does with one
+ * message. `handle` must be idempotent on the event id: delivery is at least once.
+ */
+export interface ConsumerRole {
+  readonly name: string;
+  readonly groupId: string;
+  topics(ctx: AppContext): string[];
+  handle(message: LogMessage): Promise<void>;
+}
+
+/**
+ * An error that no retry will cure: the message itself is bad (not JSON, not a valid event, an
+ * unknown type). It goes to the DLQ at once.
+ */
+export class PoisonMessage extends Error {
+  override name = 'PoisonMessage';
+}
+
+export interface ConsumerOptions {
+  /** Attempts for an error that is neither poison nor a dependency outage, before the DLQ. */
+  maxAttempts?: number;
+  baseDelayMs?: number;
+  maxDelayMs?: number;
+  /** Called when a message goes to the DLQ (metrics). */
+  onDeadLetter?: (role: string, topic: string) => void;
+  onProcessed?: (role: string, topic: string) => void;
+}
+
+export interface RunningConsumer {
+  readonly role: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * A dependency that is down (the database restarting, a connection refused) is not the message's
+ * fault: those are retried without limit, so an outage never empties the stream into the DLQ.
+ */
+export function isOutage(err: unknown): boolean {
+  const e = err as { code?: string; retriable?: boolean; cause?: unknown; message?: string };
+  if (e?.retriable === true) return true;
+  const code = e?.code ?? '';
+  if (/^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|ENOTFOUND|57P0[1-3]|08\d{3}|53300|40001|40P01)$/.test(code)) return true;
+  if (/Connection terminated|connection is closed|Client has encountered a connection error|terminating connection/i.test(e?.message ?? '')) return true;
+  return e?.cause !== undefined && e.cause !== err ? isOutage(e.cause) : false;
+}
+
+function isPoison(err: unknown): boolean {
+  return err instanceof PoisonMessage || err instanceof EventSchemaError || err instanceof SyntaxError;
+}
+
+/**
+ * Runs a role: per partition in order; the offset is committed by the event log only after
+ * `handle` resolved, so a crash re-delivers and never skips. A poison message, or one that keeps
+ * failing, is published to the DLQ topic with its coordinates, the error and the attempts, and the
+ * consumer goes on — it never stops on one bad event. Outages are retried with jittered backoff
+ * until they end or the consumer is stopped.
+ */
+export async function startConsumer(ctx: AppContext, role: ConsumerRole, options: ConsumerOptions = {}): Promise<RunningConsumer> {
+  const events = await ctx.events();
+  const log = ctx.logger.child({ component: 'consumer', role: role.name });
+  const stopping = new AbortController();
+  const maxAttempts = options.maxAttempts ?? 5;
+  const backoff = { baseDelayMs: options.baseDelayMs ?? 200, maxDelayMs: options.maxDelayMs ?? 10_000, jitter: 'full' as const };
+
+  const subscription: Subscription = await events.subscribe({
+    groupId: role.groupId,
+    topics: role.topics(ctx),
+    fromBeginning: true,
+    handler: async (message) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await role.handle(message);
+          options.onProcessed?.(role.name, message.topic);
+          return;
+        } catch (err) {
+          if (stopping.signal.aborted) throw err; // not committed: re-delivered after restart
+          const poison = isPoison(err);
+          if (poison || (!isOutage(err) && attempt >= maxAttempts)) {
+            await deadLetter(events, ctx, log, role, message, err, attempt);
+            options.onDeadLetter?.(role.name, message.topic);
+            return;
+          }
+          log.warn({ err, topic: message.topic, partition: message.partition, offset: message.offset, attempt }, 'event failed; retrying');
+          try {
+            await sleep(backoffDelay(attempt, backoff), stopping.signal);
+          } catch {
+            throw err;
+          }
+        }
+      }
+    },
+  });
+  log.info({ group: role.groupId, topics: role.topics(ctx) }, 'consumer started');
+  return {
+    role: role.name,
+    stop: async () => {
+      stopping.abort(new Error('consumer stopping'));
+      await subscription.stop();
+    },
+  };
+}
+
+async function deadLetter(events: EventLog, ctx: AppContext, log: Logger, role: ConsumerRole, message: LogMessage, err: unknown, attempts: number): Promise<void> {
+  const dlqTopic = ctx.topics.dlq;
+  if (message.topic === dlqTopic) {
+    // A DLQ entry that cannot be recorded must not loop back into the DLQ: it stays in the DLQ
+    // topic itself (nothing is lost) and the failure is logged loudly.
+    log.error({ err, offset: message.offset, partition: message.partition }, 'a DLQ entry could not be processed; it stays in the DLQ topic');
+    return;
+  }
+  const entry = buildDlqMessage({ source: `caracal/consumer/${role.name}/${ctx.instanceId}`, consumerGroup: role.groupId, message, error: err, attempts });
+  log.warn({ err, topic: message.topic, partition: message.partition, offset: message.offset, attempts, dlq_id: entry.id }, 'event sent to the DLQ');
+  // If even the DLQ cannot be written, the handler fails and the offset is not committed: the
+  // message is re-delivered rather than lost.
+  await events.publish(dlqTopic, [entry.message]);
+}
