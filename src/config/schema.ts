@@ -225,6 +225,24 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ whenEmpty: 'deny' }),
+    spool: z
+      .object({
+        /**
+         * Decisions are made durable in a local spool on this gateway's disk (group commit) and
+         * shipped to the event log in the background, instead of each request waiting for the log.
+         */
+        enabled: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]).default(false),
+        /** One directory per gateway process (it is locked); default `<home>/spool`. */
+        dir: z.string().min(1).optional(),
+        /** Unshipped bytes at most; beyond it allows get 503 (denials are still answered). */
+        maxBytes: z.coerce.number().int().min(64 * 1024).default(256 * 1024 * 1024),
+        /** `/ready` fails above this share of `maxBytes`. */
+        readyHighWater: z.coerce.number().min(0.1).max(1).default(0.8),
+        /** Most records per shipped batch. */
+        shipBatch: z.coerce.number().int().min(1).max(100_000).default(2_000),
+      })
+      .strict()
+      .default({ enabled: false, maxBytes: 256 * 1024 * 1024, readyHighWater: 0.8, shipBatch: 2_000 }),
     policy: z
       .object({
         /** Bundle (tar.gz with policy.wasm) to load; unset = the committed default bundle. */
@@ -268,6 +286,8 @@ export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
   CARACAL_TOKEN_ISSUER: { path: ['auth', 'issuer'] },
   CARACAL_TOKEN_AUDIENCE: { path: ['auth', 'audience'] },
   CARACAL_BUNDLE: { path: ['policy', 'bundlePath'] },
+  CARACAL_SPOOL: { path: ['spool', 'enabled'] },
+  CARACAL_SPOOL_DIR: { path: ['spool', 'dir'] },
   CARACAL_OPA_BIN: { path: ['policy', 'opaBin'] },
 };
 

@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import type { CaracalConfig, UpstreamConfig, UpstreamDialect } from '../config/schema.js';
 import { CaracalError } from '../errors/catalog.js';
 import { buildEvent, EVENT_TYPES, type DecisionData } from '../events/cloudevents.js';
-import type { EventPublisher } from '../events/publisher.js';
+import type { CloudEvent } from '../events/cloudevents.js';
 import type { EmergencyState } from '../authority/views/emergency.js';
 import type { AuthorityFacts } from '../authority/views/facts.js';
 import type { RevocationSet } from '../authority/views/revocations.js';
@@ -52,7 +52,8 @@ export interface GatewayDeps {
   /** Verifies a Caracal mandate presented next to another credential (→ TokenRejected). */
   verifyMandate: (token: string) => Promise<VerifiedToken>;
   authenticator: Authenticator;
-  publisher: EventPublisher;
+  /** Makes a decision event durable: the event log directly, or the local spool. */
+  publisher: { publish(topic: string, key: string, event: CloudEvent): Promise<void> };
   decisionsTopic: string;
   metrics: GatewayMetrics;
   readiness: ReadinessCheck[];

@@ -12,7 +12,14 @@ import { AppContext, type ContextOverrides } from '../context.js';
 import { parseEvent, type LifecycleData } from '../events/cloudevents.js';
 import type { Subscription } from '../events/event-log.js';
 import { topicSpecs } from '../events/topics.js';
-import { GatewayMetrics } from '../metrics/metrics.js';
+import { GatewayMetrics, registerSpoolMetrics } from '../metrics/metrics.js';
+import path from 'node:path';
+import type { CloudEvent } from '../events/cloudevents.js';
+import type { EventLog } from '../events/event-log.js';
+import { eventMessage } from '../events/publisher.js';
+import type { Logger } from '../logging/logger.js';
+import { Spool } from '../spool/spool.js';
+import { sleep } from '../util/retry.js';
 import { DEFAULT_BUNDLE } from '../paths.js';
 import { PolicyEngine } from '../policy/engine.js';
 import { HomeLock, newAdminToken } from '../store/home.js';
@@ -58,6 +65,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
   const facts = new AuthorityFacts(ctx.db, ctx.logger);
   const tokenCache = new VerifiedTokenCache(config.auth.verifiedTokenCacheSize);
   const publisher = await ctx.publisher((topic, size, ok) => metrics.eventsPublished.inc({ topic, result: ok ? 'ok' : 'error' }, size));
+  const spooled = config.spool.enabled ? await openSpool(ctx, events, metrics, log) : null;
   const cache = await ctx.cache();
   const revocations = new RevocationSet();
   const emergency = new EmergencyState();
@@ -127,13 +135,14 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
       cache: tokenCache,
       metrics,
     }),
-    publisher,
+    publisher: spooled?.recorder ?? publisher,
     decisionsTopic: ctx.topics.decisions,
     metrics,
     readiness: [
       { name: 'database', check: () => ctx.db.ping() },
       { name: 'events', check: () => events.ping() },
       { name: 'cache', check: () => cache.ping() },
+      ...(spooled ? [{ name: 'spool', check: async () => spooled.check() }] : []),
     ],
     jwks: async () => ({ keys: verificationKeys(ring, Math.floor(Date.now() / 1000)).map((k) => k.publicJwk) }),
     source: `caracal/gateway/${ctx.instanceId}`,
@@ -147,6 +156,46 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     stop: async () => {
       clearInterval(catchUp);
       await subscription.stop();
+      await spooled?.close();
+    },
+  };
+}
+
+/** Grace for shipping what is left in the spool at shutdown; the rest ships at the next start. */
+const SPOOL_DRAIN_MS = 5_000;
+
+/**
+ * The local spool in front of the event log: each decision is durable on this gateway's disk
+ * (group commit) before the request goes on, and a shipper moves it to the log in the background.
+ */
+async function openSpool(ctx: AppContext, events: EventLog, metrics: GatewayMetrics, log: Logger) {
+  const { spool: settings, home } = ctx.config;
+  const spool = await Spool.open({ dir: settings.dir ?? path.join(home, 'spool'), maxBytes: settings.maxBytes, logger: log.child({ component: 'spool' }) });
+  const opened = spool.stats();
+  if (opened.unshippedRecords > 0 || opened.tornRecords > 0) log.info({ unshipped: opened.unshippedRecords, torn: opened.tornRecords }, 'spool has events from before; shipping them first');
+  spool.startShipping(events, {
+    batchSize: settings.shipBatch,
+    onError: (err, attempt) => log.warn({ err, attempt }, 'spool could not ship to the event log; retrying'),
+  });
+  registerSpoolMetrics(metrics, spool);
+  return {
+    recorder: {
+      publish: (topic: string, key: string, event: CloudEvent) => {
+        const { value, headers } = eventMessage(key, event);
+        return spool.append([{ topic, key, value, ...(headers ? { headers } : {}) }]);
+      },
+    },
+    check: () => {
+      const { unshippedBytes } = spool.stats();
+      if (unshippedBytes > settings.readyHighWater * settings.maxBytes) {
+        throw new Error(`spool holds ${unshippedBytes} unshipped bytes, above ${Math.round(settings.readyHighWater * 100)} % of spool.maxBytes`);
+      }
+    },
+    close: async () => {
+      const deadline = Date.now() + SPOOL_DRAIN_MS;
+      while (spool.stats().unshippedRecords > 0 && Date.now() < deadline) await sleep(50);
+      await spool.stopShipping();
+      await spool.close();
     },
   };
 }

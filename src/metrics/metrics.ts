@@ -94,6 +94,33 @@ export class GatewayMetrics {
   }
 }
 
+/** What the spool reports (src/spool), read when metrics are scraped. */
+export interface SpoolGaugeSource {
+  stats(): { unshippedBytes: number; unshippedRecords: number; oldestUnshippedAgeMs: number; shippedRecords: number; flushes: number; appendedRecords: number; tornRecords: number; shipErrors: number };
+}
+
+/** Spool gauges on the gateway's registry, sampled from `source` at scrape time. */
+export function registerSpoolMetrics(metrics: GatewayMetrics, source: SpoolGaugeSource): void {
+  const registers = [metrics.registry];
+  const gauge = (name: string, help: string, read: (s: ReturnType<SpoolGaugeSource['stats']>) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        this.set(read(source.stats()));
+      },
+    });
+  gauge('caracal_spool_unshipped_bytes', 'Durable decision bytes not yet acknowledged by the event log', (s) => s.unshippedBytes);
+  gauge('caracal_spool_unshipped_events', 'Durable decision events not yet acknowledged by the event log', (s) => s.unshippedRecords);
+  gauge('caracal_spool_oldest_unshipped_age_seconds', 'Age of the oldest event not yet shipped', (s) => s.oldestUnshippedAgeMs / 1000);
+  gauge('caracal_spool_shipped_events', 'Events shipped to the event log since start', (s) => s.shippedRecords);
+  gauge('caracal_spool_flushes', 'Group-commit flushes (one write + fdatasync each) since start', (s) => s.flushes);
+  gauge('caracal_spool_appended_events', 'Events made durable in the spool since start', (s) => s.appendedRecords);
+  gauge('caracal_spool_torn_records', 'Torn records cut off the spool at start (a crash mid-write)', (s) => s.tornRecords);
+  gauge('caracal_spool_ship_errors', 'Failed shipping attempts since start (retried)', (s) => s.shipErrors);
+}
+
 /** The consumers' registry (`metrics.consumersPort`): processed events, DLQ, lag. */
 export class ConsumerMetrics {
   readonly registry = new Registry();
