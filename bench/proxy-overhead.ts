@@ -7,6 +7,8 @@
  *
  * Peer e spreads the load over BENCH_PRINCIPALS (default 10000) principals with one token each,
  * to show what the verified-token cache does (warm-up covers every token once).
+ * Peers g and g' record decisions through the gateway's local spool (spool.enabled) instead of
+ * waiting for the event log.
  * Peers c and d break the cost down (BENCH_BREAKDOWN=0 skips them): c discards decision events
  * through a bench-only EventLog, d also replaces the WASM engine by an allow-all stub.
  *
@@ -98,6 +100,7 @@ const upstream = await start(['upstream'], embeddedEnv);
 const peers: { name: string; started: Started }[] = [
   { name: 'a  bare @fastify/http-proxy', started: await start(['bare', upstream.info.url], embeddedEnv) },
   { name: 'b  caracal gateway (embedded: PGlite + local log)', started: await start(['gateway', upstream.info.url], embeddedEnv) },
+  { name: 'g  as b, decisions through the local spool', started: await start(['gateway', upstream.info.url, '--spool'], embeddedEnv) },
 ];
 const principals = Number(process.env.BENCH_PRINCIPALS ?? 10_000);
 if (principals > 0) {
@@ -119,6 +122,8 @@ if (process.env.BENCH_BREAKDOWN !== '0') {
 if (process.env.KAFKA_BROKERS && process.env.DATABASE_URL) {
   const env = { ...process.env, CARACAL_DB_SCHEMA: `bench_${Date.now()}`, CARACAL_TOPIC_PREFIX: `bench${Date.now()}.` };
   peers.push({ name: 'b\' caracal gateway (PostgreSQL + Kafka + Redis)', started: await start(['gateway', upstream.info.url], env) });
+  const spoolEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_spool_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchspool${Date.now()}.` };
+  peers.push({ name: 'g\' as b\', decisions through the local spool', started: await start(['gateway', upstream.info.url, '--spool'], spoolEnv) });
 }
 
 try {

@@ -50,6 +50,8 @@ if (role === 'upstream') {
       gateway: { upstreams: [{ name: 'echo', url: upstreamUrl! }], limits: { perPrincipal: { maxConcurrent: 10_000, rate: { ratePerSecond: 1_000_000, burst: 1_000_000 } } } },
       // --no-token-cache: every request pays the ES256 verification (what the cache saves).
       ...(flags.includes('--no-token-cache') ? { auth: { verifiedTokenCacheSize: 0 } } : {}),
+      // --spool: decisions go to the local spool (group commit on local disk), shipped in the background.
+      ...(flags.includes('--spool') ? { spool: { enabled: true } } : {}),
     },
   });
   // Cost breakdown peers: --discard-events (no durable decision record), --allow-all (no WASM).
@@ -90,6 +92,6 @@ if (role === 'upstream') {
   ready({ url: running.gatewayUrl, token, tokensFile, backends: { db: running.ctx.db.kind, events: (await running.ctx.events()).kind } });
   onTerm(() => running.close());
 } else {
-  process.stderr.write('usage: servers.js upstream | bare <url> | gateway <url> [--discard-events] [--allow-all] [--principals N]\n');
+  process.stderr.write('usage: servers.js upstream | bare <url> | gateway <url> [--discard-events] [--allow-all] [--spool] [--no-token-cache] [--principals N]\n');
   process.exit(2);
 }
