@@ -3,7 +3,8 @@ import type { CaracalConfig } from '../config/schema.js';
 import { AppContext } from '../context.js';
 import { pino } from 'pino';
 import { CaracalError, ERROR_CATALOG, type ErrorCode } from '../errors/catalog.js';
-import { runOperation, type OperationName } from '../operations/index.js';
+import type { OperationName } from '../operations/index.js';
+import { cliCaller, runAuditedOperation } from '../audit/admin-actions.js';
 import { HomeLock, readRuntime } from '../store/home.js';
 import { migrateUp } from '../store/migrate.js';
 import { topicSpecs } from '../events/topics.js';
@@ -57,7 +58,7 @@ export function createRuntime(options: { configPath?: string; out?: Output; env?
       const cfg = runtime.config();
       const running = cfg.database.url ? null : readRuntime(cfg.home);
       if (running) return callAdminApi<T>({ url: running.adminUrl, token: running.adminToken, source: 'runtime' }, name, args);
-      return runtime.withContext(async (ctx) => (await runOperation(ctx, name, args)) as T);
+      return runtime.withContext(async (ctx) => (await runAuditedOperation(ctx, name, args, cliCaller())) as T);
     },
   };
   return runtime;

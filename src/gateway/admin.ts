@@ -1,12 +1,13 @@
 import { timingSafeEqual } from 'node:crypto';
 import swagger, { type FastifyDynamicSwaggerOptions } from '@fastify/swagger';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifySchema } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest, type FastifySchema } from 'fastify';
 import { z } from 'zod';
 import type { AppContext } from '../context.js';
 import { CaracalError, ERROR_CATALOG } from '../errors/catalog.js';
 import type { Logger } from '../logging/logger.js';
 import type { Operation } from '../operations/define.js';
-import { OPERATIONS, runOperation } from '../operations/index.js';
+import { OPERATIONS } from '../operations/index.js';
+import { adminTokenActor, runAuditedOperation } from '../audit/admin-actions.js';
 import { installErrorHandling } from './errors.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
 
@@ -26,6 +27,7 @@ export const ADMIN_OPENAPI_PATH = '/admin/v1/openapi.json';
  * caller which operations exist.
  */
 export async function buildAdminApp(ctx: AppContext, adminToken: string): Promise<FastifyInstance> {
+  const actor = adminTokenActor(adminToken);
   const app = Fastify({
     loggerInstance: ctx.logger.child({ component: 'admin' }) as FastifyBaseLogger,
     ...baseFastifyOptions(),
@@ -42,7 +44,8 @@ export async function buildAdminApp(ctx: AppContext, adminToken: string): Promis
   // Registers the OpenAPI generator first: it only sees the routes registered after it.
   await registerOperationRoutes(app, {
     operations: OPERATIONS,
-    run: (name, raw) => runOperation(ctx, name, raw),
+    run: (name, raw, request) =>
+      runAuditedOperation(ctx, name, raw, { transport: 'admin_api', actor, origin: { address: request.ip.slice(0, 64), host: null, request_id: request.id } }),
     logger: ctx.logger,
   });
   // operationIds of these routes contain ":", which no operation name can: they never collide.
@@ -84,7 +87,7 @@ export type OperationTable = Readonly<Record<string, Operation<z.ZodType, unknow
 export interface OperationRoutesOptions {
   operations: OperationTable;
   /** Validates (zod, in the operation layer) and runs one operation. */
-  run(name: string, raw: unknown): Promise<unknown>;
+  run(name: string, raw: unknown, request: FastifyRequest): Promise<unknown>;
   logger: Logger;
 }
 
@@ -146,10 +149,10 @@ export async function registerOperationRoutes(app: FastifyInstance, options: Ope
     },
   });
   for (const [name, schema] of described.routes) {
-    app.post(`${ADMIN_OPS_PREFIX}/${name}`, documentOnly(schema), async (request) => ({ result: (await options.run(name, request.body ?? {})) ?? null }));
+    app.post(`${ADMIN_OPS_PREFIX}/${name}`, documentOnly(schema), async (request) => ({ result: (await options.run(name, request.body ?? {}, request)) ?? null }));
   }
   app.post<{ Params: { name: string } }>(`${ADMIN_OPS_PREFIX}/:name`, { schema: { hide: true } }, async (request) => ({
-    result: (await options.run(request.params.name, request.body ?? {})) ?? null,
+    result: (await options.run(request.params.name, request.body ?? {}, request)) ?? null,
   }));
 }
 

@@ -1,4 +1,7 @@
-import { mkdtempSync, readdirSync } from 'node:fs';
+import { ADMIN_ACTION_TYPE } from '../../src/audit/admin-actions.js';
+import { queryAudit } from '../../src/audit/audit-store.js';
+import { PACKAGE_ROOT } from '../../src/paths.js';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -95,6 +98,27 @@ describe('admin API (operations over HTTP, own credential)', () => {
     const created = await app.inject({ method: 'POST', url: '/admin/v1/ops/agent.register', headers: auth, payload: { name: 'admin-made', owner: 'ops@example.com' } });
     expect(created.statusCode).toBe(200);
     expect(created.json().result).toMatchObject({ name: 'admin-made', status: 'active' });
+  });
+
+  it('writes every operation into the audit log: who (a credential fingerprint), what, when, from where, outcome', async () => {
+    const ok = await app.inject({ method: 'POST', url: '/admin/v1/ops/agent.register', headers: { ...auth, 'x-request-id': 'audit-me-1' }, payload: { name: 'audited', owner: 'ops@example.com' } });
+    expect(ok.statusCode).toBe(200);
+    const failed = await app.inject({ method: 'POST', url: '/admin/v1/ops/allowlist.test', headers: { ...auth, 'x-request-id': 'audit-me-2' }, payload: { principalId: '01a23706-0000-7000-8000-000000000000', url: 'http://upstream.test/x' } });
+    expect(failed.statusCode).toBe(404);
+    const window = { start: new Date(Date.now() - 60_000), end: new Date(Date.now() + 60_000), limit: 100 };
+    const [done] = await queryAudit(ctx.db, { ...window, requestId: 'audit-me-1' });
+    const [refused] = await queryAudit(ctx.db, { ...window, requestId: 'audit-me-2' });
+    expect(done).toMatchObject({ eventType: ADMIN_ACTION_TYPE, topic: null, actor: expect.stringMatching(/^admin_token:sha256:[0-9a-f]{16}$/), origin: '127.0.0.1' });
+    expect(done!.data).toMatchObject({ operation: 'agent.register', transport: 'admin_api', outcome: 'ok', error_code: null, origin: { address: '127.0.0.1', host: null, request_id: 'audit-me-1' } });
+    expect(refused!.data).toMatchObject({ operation: 'allowlist.test', outcome: 'error', error_code: 'CARACAL_NOT_FOUND' });
+    expect(refused!.subject).toBe('01a23706-0000-7000-8000-000000000000');
+    // The credential itself is never recorded, and the record matches the published schema.
+    expect(JSON.stringify([done, refused])).not.toContain(token);
+    const ajv = new Ajv2020({ strict: false, allErrors: true });
+    const schemaDir = path.join(PACKAGE_ROOT, 'schemas', 'events');
+    for (const file of readdirSync(schemaDir).filter((f) => f.endsWith('.json'))) ajv.addSchema(JSON.parse(readFileSync(path.join(schemaDir, file), 'utf8')));
+    const validate = ajv.getSchema('urn:caracal:schema:admin.action:v1#/$defs/data')!;
+    for (const record of [done, refused]) expect(validate(record!.data), JSON.stringify(validate.errors)).toBe(true);
   });
 
   it('answers malformed, hostile and oversize bodies with a 4xx naming the problem', async () => {

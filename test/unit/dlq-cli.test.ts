@@ -25,6 +25,25 @@ describe('caracal consumers and dlq commands on the embedded default', { timeout
     expectOneLineError(await caracal('consumers', 'start', '--only', 'ledger-writer'), /not built yet/);
   });
 
+  it('records the CLI\'s own operations in the audit log (os user, host) and queries them', async () => {
+    const registered = await caracal('agent', 'register', '--name', 'audited-by-cli', '--owner', 'o@example.com', '--quiet');
+    expect(registered.code).toBe(0);
+    const agentId = registered.out.trim();
+    const run = await caracal('audit', 'query', '--agent-id', agentId, '--start-time', '-1h', '--end-time', 'now', '--json');
+    expect(run.code).toBe(0);
+    const records = JSON.parse(run.out) as { eventType: string; actor: string; data: { operation: string; transport: string } }[];
+    // agent.register names its principal only in its result; the policy below names it in its arguments.
+    const policy = await caracal('policy', 'create', '--agent-id', agentId, '--resources', 'api:external/x', '--actions', 'read', '--max-validity', '60');
+    expect(policy.code).toBe(0);
+    const after = JSON.parse((await caracal('audit', 'query', '--agent-id', agentId, '--start-time', '-1h', '--json')).out) as typeof records;
+    expect(after.length).toBeGreaterThan(records.length);
+    expect(after.at(-1)).toMatchObject({ eventType: 'dev.caracal.admin.action.v1', actor: expect.stringMatching(/^os_user:/), data: { operation: 'policy.create', transport: 'cli' } });
+    const table = await caracal('audit', 'query', '--start-time', '-1h');
+    expect(table.out.split('\n')[0]).toMatch(/^TIME\s+TYPE\s+PRINCIPAL/);
+    expectOneLineError(await caracal('audit', 'query', '--start-time', 'yesterday-ish'), /--start-time must be/);
+    expectOneLineError(await caracal('audit', 'query', '--start-time', 'now', '--end-time', '-1h'), /end must be after start/);
+  });
+
   it('redrives nothing when nothing is pending', async () => {
     const run = await caracal('dlq', 'redrive', '--json');
     expect(run.code).toBe(0);
