@@ -5,7 +5,7 @@ import type { AppContext } from '../context.js';
 import { isCaracalError } from '../errors/catalog.js';
 import { runOperation } from '../operations/index.js';
 import { newId } from '../util/ids.js';
-import { appendAuditEvents } from './audit-store.js';
+import { appendAuditEvents, createMonthlyPartitions } from './audit-store.js';
 
 // The package is CommonJS with ESM-style typings: at run time the default import is the function.
 type Canonicalize = (value: unknown) => string | undefined;
@@ -34,6 +34,21 @@ export function cliCaller(): AdminCaller {
     user = `uid:${process.getuid?.() ?? 'unknown'}`;
   }
   return { transport: 'cli', actor: { kind: 'os_user', id: user.slice(0, 256) }, origin: { address: null, host: os.hostname().slice(0, 255), request_id: null } };
+}
+
+const ensuredMonths = new Set<string>();
+
+/**
+ * The month's audit partition must exist before its first record: rows that land in the default
+ * partition would stop that month's partition from ever being created. Checked once per month per
+ * process; a month whose rows already sit in the default partition stays there.
+ */
+export async function ensureMonthPartition(ctx: Pick<AppContext, 'db' | 'logger'>, at: Date): Promise<void> {
+  const month = { year: at.getUTCFullYear(), month: at.getUTCMonth() + 1 };
+  const key = `${month.year}-${month.month}`;
+  if (ensuredMonths.has(key)) return;
+  await createMonthlyPartitions(ctx.db, { from: month, months: 1 }).catch((err) => ctx.logger.debug({ err }, 'audit partition for this month not created'));
+  ensuredMonths.add(key);
 }
 
 /** Arguments are not recorded (some carry secrets), only a digest of their canonical JSON. */
@@ -69,13 +84,15 @@ export async function runAuditedOperation(ctx: AppContext, name: string, raw: un
       error_code: errorCode,
       duration_ms: Math.round(performance.now() - started),
     };
+    const occurredAt = new Date();
+    await ensureMonthPartition(ctx, occurredAt);
     await appendAuditEvents(ctx.db, [
       {
         eventId: newId(),
         eventType: ADMIN_ACTION_TYPE,
         source: caller.transport === 'admin_api' ? `caracal/admin/${ctx.instanceId}` : 'caracal/cli',
         subject: subject && subject.length <= 128 ? subject : null,
-        occurredAt: new Date(),
+        occurredAt,
         requestId: caller.origin.request_id,
         actor: `${caller.actor.kind}:${caller.actor.id}`,
         origin: caller.origin.address ?? caller.origin.host,

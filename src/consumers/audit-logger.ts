@@ -1,3 +1,4 @@
+import { ensureMonthPartition } from '../audit/admin-actions.js';
 import { appendAuditEvents } from '../audit/audit-store.js';
 import type { AppContext } from '../context.js';
 import { EVENT_TYPES, parseEvent } from '../events/cloudevents.js';
@@ -20,6 +21,7 @@ export function auditLogger(ctx: AppContext): ConsumerRole {
     handle: async (message: LogMessage) => {
       const event = parseEvent(message.value); // EventSchemaError → DLQ
       const data = (event.data ?? {}) as Record<string, unknown>;
+      await ensureMonthPartition(ctx, new Date(event.time));
       await ctx.db.transaction(async (tx) => {
         await appendAuditEvents(tx, [
           {
