@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CaracalError } from '../errors/catalog.js';
+import { acquirePidLock, processAlive } from '../util/pid-lock.js';
 
 /**
  * The embedded default keeps PGlite under `<home>`, and PGlite belongs to one process at a time.
@@ -15,37 +15,12 @@ export interface RuntimeInfo {
   startedAt: string;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 export class HomeLock {
   private constructor(readonly home: string) {}
 
   static acquire(home: string): HomeLock {
-    mkdirSync(home, { recursive: true, mode: 0o700 });
-    const file = path.join(home, 'lock');
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        const fd = openSync(file, 'wx', 0o600);
-        writeFileSync(fd, String(process.pid));
-        closeSync(fd);
-        return new HomeLock(home);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        const holder = Number(readFileSync(file, 'utf8').trim());
-        if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && alive(holder)) {
-          throw new CaracalError('CARACAL_CONFLICT', `the embedded database in ${home} is in use by another caracal process (pid ${holder}); stop it first, or point DATABASE_URL at PostgreSQL`);
-        }
-        rmSync(file, { force: true }); // stale: its process is gone
-      }
-    }
-    throw new CaracalError('CARACAL_CONFLICT', `could not lock ${home}`);
+    acquirePidLock(home, (pid) => `the embedded database in ${home} is in use by another caracal process (pid ${pid}); stop it first, or point DATABASE_URL at PostgreSQL`);
+    return new HomeLock(home);
   }
 
   publishRuntime(adminUrl: string, adminToken: string): void {
@@ -65,7 +40,7 @@ export function readRuntime(home: string): (RuntimeInfo & { adminToken: string }
   if (!existsSync(file)) return null;
   try {
     const info = JSON.parse(readFileSync(file, 'utf8')) as RuntimeInfo;
-    if (!alive(info.pid)) return null;
+    if (!processAlive(info.pid)) return null;
     return { ...info, adminToken: readFileSync(path.join(home, 'admin.token'), 'utf8').trim() };
   } catch {
     return null;
