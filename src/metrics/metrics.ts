@@ -99,8 +99,11 @@ export interface SpoolGaugeSource {
   stats(): { unshippedBytes: number; unshippedRecords: number; oldestUnshippedAgeMs: number; shippedRecords: number; flushes: number; appendedRecords: number; tornRecords: number; shipErrors: number };
 }
 
-/** Spool gauges on the gateway's registry, sampled from `source` at scrape time. */
-export function registerSpoolMetrics(metrics: GatewayMetrics, source: SpoolGaugeSource): void {
+/**
+ * Spool gauges on the gateway's registry, sampled from `source` at scrape time; returns the observer
+ * of each group-commit flush (duration and records) for the spool's `onFlush`.
+ */
+export function registerSpoolMetrics(metrics: GatewayMetrics, source: SpoolGaugeSource): (seconds: number, records: number) => void {
   const registers = [metrics.registry];
   const gauge = (name: string, help: string, read: (s: ReturnType<SpoolGaugeSource['stats']>) => number) =>
     new Gauge({
@@ -119,6 +122,22 @@ export function registerSpoolMetrics(metrics: GatewayMetrics, source: SpoolGauge
   gauge('caracal_spool_appended_events', 'Events made durable in the spool since start', (s) => s.appendedRecords);
   gauge('caracal_spool_torn_records', 'Torn records cut off the spool at start (a crash mid-write)', (s) => s.tornRecords);
   gauge('caracal_spool_ship_errors', 'Failed shipping attempts since start (retried)', (s) => s.shipErrors);
+  const flushSeconds = new Histogram({
+    name: 'caracal_spool_flush_duration_seconds',
+    help: 'One group-commit flush: write + fdatasync, what an allowed request waits for',
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers,
+  });
+  const flushRecords = new Histogram({
+    name: 'caracal_spool_flush_records',
+    help: 'Records made durable by one flush (the group-commit batch size)',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+    registers,
+  });
+  return (seconds, records) => {
+    flushSeconds.observe(seconds);
+    flushRecords.observe(records);
+  };
 }
 
 /** The consumers' registry (`metrics.consumersPort`): processed events, DLQ, lag. */

@@ -27,6 +27,8 @@ export interface SpoolOptions {
   /** Clock for record timestamps and ages (tests). */
   now?: () => number;
   logger?: Logger;
+  /** Told after each durable flush: its duration (write + fdatasync) in seconds and its record count. */
+  onFlush?: (seconds: number, records: number) => void;
 }
 
 export interface ShippingOptions {
@@ -154,6 +156,7 @@ export class Spool {
   private shipper: { abort: AbortController; done: Promise<void> } | null = null;
   private readHandle: { base: number; fh: FileHandle } | null = null;
   private readonly now: () => number;
+  private readonly onFlush: SpoolOptions['onFlush'];
   private readonly segmentBytes: number;
 
   private constructor(
@@ -167,6 +170,7 @@ export class Spool {
     state: { shipped: number; unshippedRecords: number; ages: { end: number; at: number }[]; torn: { records: number; bytes: number } },
   ) {
     this.now = options.now ?? Date.now;
+    this.onFlush = options.onFlush;
     this.segmentBytes = options.segmentBytes ?? 64 * 1024 * 1024;
     this.logger = options.logger;
     const last = segments[segments.length - 1]!;
@@ -344,6 +348,7 @@ export class Spool {
       this.segments.push(segment);
       await previous.close();
     }
+    const started = process.hrtime.bigint();
     let written = 0;
     for (let guard = 0; written < buf.length; guard++) {
       if (guard > 1_000) throw new Error('spool: the segment file accepts no more bytes');
@@ -351,6 +356,7 @@ export class Spool {
       written += bytesWritten;
     }
     await this.active.datasync();
+    this.onFlush?.(Number(process.hrtime.bigint() - started) / 1e9, count);
     segment.size += buf.length;
     this.end += buf.length;
     this.unshippedRecords += count;

@@ -38,6 +38,11 @@ describe.each(BACKENDS)('gateway with the local spool on the %s backend', (backe
       const metrics = await h.assembled.metrics.registry.metrics();
       expect(metrics).toMatch(/caracal_spool_appended_events \d+/);
       expect(Number(/caracal_spool_shipped_events (\d+)/.exec(metrics)?.[1])).toBeGreaterThanOrEqual(20);
+      // Every durable append went through an observed flush: the histograms count flushes and records.
+      const flushes = Number(/caracal_spool_flushes (\d+)/.exec(metrics)?.[1]);
+      expect(flushes).toBeGreaterThan(0);
+      expect(Number(/caracal_spool_flush_duration_seconds_count (\d+)/.exec(metrics)?.[1])).toBe(flushes);
+      expect(Number(/caracal_spool_flush_records_sum (\d+)/.exec(metrics)?.[1])).toBe(Number(/caracal_spool_appended_events (\d+)/.exec(metrics)?.[1]));
       expect((await h.assembled.gateway.app.inject({ url: '/ready' })).json().checks.spool).toMatchObject({ ok: true });
     } finally {
       await h.close();
