@@ -171,12 +171,12 @@ const SPOOL_DRAIN_MS = 5_000;
 async function openSpool(ctx: AppContext, events: EventLog, metrics: GatewayMetrics, log: Logger) {
   const { spool: settings, home } = ctx.config;
   // The flush observer exists once the gauges are registered on the opened spool; flushes before that (none: the spool is idle until the first request) are not observed.
-  let observeFlush: ((seconds: number, records: number) => void) | undefined;
+  const flushes: { observe?: (seconds: number, records: number) => void } = {};
   const spool = await Spool.open({
     dir: settings.dir ?? path.join(home, 'spool'),
     maxBytes: settings.maxBytes,
     logger: log.child({ component: 'spool' }),
-    onFlush: (seconds, records) => observeFlush?.(seconds, records),
+    onFlush: (seconds, records) => flushes.observe?.(seconds, records),
   });
   const opened = spool.stats();
   if (opened.unshippedRecords > 0 || opened.tornRecords > 0) log.info({ unshipped: opened.unshippedRecords, torn: opened.tornRecords }, 'spool has events from before; shipping them first');
@@ -184,7 +184,7 @@ async function openSpool(ctx: AppContext, events: EventLog, metrics: GatewayMetr
     batchSize: settings.shipBatch,
     onError: (err, attempt) => log.warn({ err, attempt }, 'spool could not ship to the event log; retrying'),
   });
-  observeFlush = registerSpoolMetrics(metrics, spool);
+  flushes.observe = registerSpoolMetrics(metrics, spool);
   return {
     recorder: {
       publish: (topic: string, key: string, event: CloudEvent) => {
