@@ -231,7 +231,7 @@ export const ConfigSchema = z
          * Decisions are made durable in a local spool on this gateway's disk (group commit) and
          * shipped to the event log in the background, instead of each request waiting for the log.
          */
-        enabled: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]).default(false),
+        enabled: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]).default(true),
         /** One directory per gateway process (it is locked); default `<home>/spool`. */
         dir: z.string().min(1).optional(),
         /** Unshipped bytes at most; beyond it allows get 503 (denials are still answered). */
@@ -242,7 +242,7 @@ export const ConfigSchema = z
         shipBatch: z.coerce.number().int().min(1).max(100_000).default(2_000),
       })
       .strict()
-      .default({ enabled: false, maxBytes: 256 * 1024 * 1024, readyHighWater: 0.8, shipBatch: 2_000 }),
+      .default({ enabled: true, maxBytes: 256 * 1024 * 1024, readyHighWater: 0.8, shipBatch: 2_000 }),
     policy: z
       .object({
         /** Bundle (tar.gz with policy.wasm) to load; unset = the committed default bundle. */

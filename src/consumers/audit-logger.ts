@@ -18,28 +18,41 @@ export function auditLogger(ctx: AppContext): ConsumerRole {
     name: 'audit-logger',
     groupId: `${ctx.config.kafka.groupPrefix}audit-logger-group`,
     topics: (c) => Object.values(c.topics),
-    handle: async (message: LogMessage) => {
-      const event = parseEvent(message.value); // EventSchemaError → DLQ
-      const data = (event.data ?? {}) as Record<string, unknown>;
-      await ensureMonthPartition(ctx, new Date(event.time));
-      await ctx.db.transaction(async (tx) => {
-        await appendAuditEvents(tx, [
-          {
-            eventId: event.id,
-            eventType: event.type,
-            source: event.source,
-            subject: event.subject ?? null,
-            occurredAt: event.time,
-            topic: message.topic,
-            partition: message.partition,
-            offset: message.offset,
-            requestId: text(data.request_id),
-            decisionId: text(data.decision_id),
-            data: event.data,
-          },
-        ]);
-        if (event.type === EVENT_TYPES.dlq) await recordDlqEvent(tx, event);
-      });
-    },
+    handle: (message: LogMessage) => record(ctx, [message]),
+    handleBatch: (messages: LogMessage[]) => record(ctx, messages),
   };
+}
+
+/** Parses every message (one bad one fails the whole call: the runner then goes one by one) and writes them in one transaction. */
+async function record(ctx: AppContext, messages: LogMessage[]): Promise<void> {
+  const parsed = messages.map((message) => ({ message, event: parseEvent(message.value) })); // EventSchemaError → DLQ
+  const months = new Set<string>();
+  for (const { event } of parsed) {
+    const month = event.time.slice(0, 7);
+    if (months.has(month)) continue;
+    months.add(month);
+    await ensureMonthPartition(ctx, new Date(event.time));
+  }
+  await ctx.db.transaction(async (tx) => {
+    await appendAuditEvents(
+      tx,
+      parsed.map(({ message, event }) => {
+        const data = (event.data ?? {}) as Record<string, unknown>;
+        return {
+          eventId: event.id,
+          eventType: event.type,
+          source: event.source,
+          subject: event.subject ?? null,
+          occurredAt: event.time,
+          topic: message.topic,
+          partition: message.partition,
+          offset: message.offset,
+          requestId: text(data.request_id),
+          decisionId: text(data.decision_id),
+          data: event.data,
+        };
+      }),
+    );
+    for (const { event } of parsed) if (event.type === EVENT_TYPES.dlq) await recordDlqEvent(tx, event);
+  });
 }

@@ -14,6 +14,12 @@ export interface ConsumerRole {
   readonly groupId: string;
   topics(ctx: AppContext): string[];
   handle(message: LogMessage): Promise<void>;
+  /**
+   * Optional: consecutive messages of one partition in one database transaction (all or nothing).
+   * When it fails for any reason other than an outage, the slice is handled again one message at
+   * a time through `handle`, so one poison event costs a slice its batching, not its progress.
+   */
+  handleBatch?(messages: LogMessage[]): Promise<void>;
 }
 
 /**
@@ -32,6 +38,8 @@ export interface ConsumerOptions {
   /** Called when a message goes to the DLQ (metrics). */
   onDeadLetter?: (role: string, topic: string) => void;
   onProcessed?: (role: string, topic: string) => void;
+  /** Most messages per transaction for roles that write in batches. Default 500. */
+  maxBatch?: number;
 }
 
 export interface RunningConsumer {
@@ -70,33 +78,62 @@ export async function startConsumer(ctx: AppContext, role: ConsumerRole, options
   const maxAttempts = options.maxAttempts ?? 5;
   const backoff = { baseDelayMs: options.baseDelayMs ?? 200, maxDelayMs: options.maxDelayMs ?? 10_000, jitter: 'full' as const };
 
+  /** Waits out one backoff step; a stop during the wait rethrows `err` (nothing is committed). */
+  const waitBeforeRetry = async (attempt: number, err: unknown) => {
+    try {
+      await sleep(backoffDelay(attempt, backoff), stopping.signal);
+    } catch {
+      throw err;
+    }
+  };
+
+  const handleOne = async (message: LogMessage) => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await role.handle(message);
+        options.onProcessed?.(role.name, message.topic);
+        return;
+      } catch (err) {
+        if (stopping.signal.aborted) throw err; // not committed: re-delivered after restart
+        const poison = isPoison(err);
+        if (poison || (!isOutage(err) && attempt >= maxAttempts)) {
+          await deadLetter(events, ctx, log, role, message, err, attempt);
+          options.onDeadLetter?.(role.name, message.topic);
+          return;
+        }
+        log.warn({ err, topic: message.topic, partition: message.partition, offset: message.offset, attempt }, 'event failed; retrying');
+        await waitBeforeRetry(attempt, err);
+      }
+    }
+  };
+
+  const handleBatch = role.handleBatch?.bind(role);
   const subscription: Subscription = await events.subscribe({
     groupId: role.groupId,
     topics: role.topics(ctx),
     fromBeginning: true,
-    handler: async (message) => {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await role.handle(message);
-          options.onProcessed?.(role.name, message.topic);
-          return;
-        } catch (err) {
-          if (stopping.signal.aborted) throw err; // not committed: re-delivered after restart
-          const poison = isPoison(err);
-          if (poison || (!isOutage(err) && attempt >= maxAttempts)) {
-            await deadLetter(events, ctx, log, role, message, err, attempt);
-            options.onDeadLetter?.(role.name, message.topic);
-            return;
-          }
-          log.warn({ err, topic: message.topic, partition: message.partition, offset: message.offset, attempt }, 'event failed; retrying');
-          try {
-            await sleep(backoffDelay(attempt, backoff), stopping.signal);
-          } catch {
-            throw err;
-          }
+    handler: handleOne,
+    ...(handleBatch
+      ? {
+          batchHandler: async (messages: LogMessage[]) => {
+            for (let attempt = 1; ; attempt++) {
+              try {
+                await handleBatch(messages);
+                for (const message of messages) options.onProcessed?.(role.name, message.topic);
+                return;
+              } catch (err) {
+                if (stopping.signal.aborted) throw err;
+                if (!isOutage(err)) break;
+                log.warn({ err, topic: messages[0]!.topic, partition: messages[0]!.partition, attempt }, 'batch failed on an outage; retrying');
+                await waitBeforeRetry(attempt, err);
+              }
+            }
+            // Something in the slice is bad (or a write failed for it): find it one message at a time.
+            for (const message of messages) await handleOne(message);
+          },
+          maxBatch: options.maxBatch ?? 500,
         }
-      }
-    },
+      : {}),
   });
   log.info({ group: role.groupId, topics: role.topics(ctx) }, 'consumer started');
   return {

@@ -2,6 +2,7 @@ import kafkajs from 'kafkajs';
 import type { Admin, Consumer, EachBatchPayload, IHeaders, Kafka as KafkaClient, KafkaMessage, LogEntry, Producer } from 'kafkajs';
 import { CaracalError } from '../errors/catalog.js';
 import { backoffDelay, retry, sleep, type BackoffOptions } from '../util/retry.js';
+import { maxBatchOf } from './event-log.js';
 import type {
   EventLog,
   LogMessage,
@@ -397,6 +398,9 @@ class KafkaSubscription implements Subscription {
       await consumer.subscribe({ topics: this.subscription.topics, fromBeginning: this.subscription.fromBeginning ?? true });
       await consumer.run({
         autoCommit: false,
+        // Partitions are independent (order is per partition): several in flight at once lets a
+        // consumer overlap one partition's database transaction with another's.
+        partitionsConsumedConcurrently: this.subscription.partitionsConcurrently ?? 4,
         eachBatchAutoResolve: false,
         eachBatch: (payload) => this.eachBatch(payload),
       });
@@ -417,30 +421,57 @@ class KafkaSubscription implements Subscription {
    */
   private async eachBatch({ batch, resolveOffset, heartbeat, isRunning, isStale, commitOffsetsIfNecessary }: EachBatchPayload): Promise<void> {
     const active = () => isRunning() && !isStale() && !this.stopping;
+    if (this.subscription.batchHandler) {
+      const batchHandler = this.subscription.batchHandler;
+      const max = maxBatchOf(this.subscription);
+      for (let start = 0; start < batch.messages.length; start += max) {
+        if (!active()) return;
+        const raws = batch.messages.slice(start, start + max);
+        const messages = raws.map((raw) => toLogMessage(batch.topic, batch.partition, raw));
+        if (!(await this.untilHandled(() => batchHandler(messages), messages[0]!, active, heartbeat))) return;
+        await this.commitThrough(raws[raws.length - 1]!.offset, batch, resolveOffset, commitOffsetsIfNecessary, heartbeat);
+      }
+      return;
+    }
     for (const raw of batch.messages) {
       if (!active()) return;
       const message = toLogMessage(batch.topic, batch.partition, raw);
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await this.subscription.handler(message);
-          break;
-        } catch (err) {
-          this.retry.onError(err, { groupId: this.subscription.groupId, topic: message.topic, partition: message.partition, offset: message.offset });
-          if (!active()) return;
-          // A rejection here is stop() aborting the wait; active() below tells the loop to leave.
-          await sleep(backoffDelay(attempt, this.retry.backoff), this.stopped.signal).catch(() => {});
-          if (!active()) return;
-          await heartbeat();
-        }
-      }
-      resolveOffset(raw.offset);
-      // The payload's commit goes straight to the group coordinator; consumer.commitOffsets() is a
-      // silent no-op once stop() began, which would lose the in-flight message's commit.
-      await commitOffsetsIfNecessary({
-        topics: [{ topic: batch.topic, partitions: [{ partition: batch.partition, offset: (BigInt(raw.offset) + 1n).toString() }] }],
-      });
-      await heartbeat();
+      if (!(await this.untilHandled(() => this.subscription.handler(message), message, active, heartbeat))) return;
+      await this.commitThrough(raw.offset, batch, resolveOffset, commitOffsetsIfNecessary, heartbeat);
     }
+  }
+
+  /** Runs `handle` until it succeeds (true) or the subscription stops, is rebalanced away, or goes stale (false). */
+  private async untilHandled(handle: () => Promise<void>, first: LogMessage, active: () => boolean, heartbeat: () => Promise<void>): Promise<boolean> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await handle();
+        return true;
+      } catch (err) {
+        this.retry.onError(err, { groupId: this.subscription.groupId, topic: first.topic, partition: first.partition, offset: first.offset });
+        if (!active()) return false;
+        // A rejection here is stop() aborting the wait; active() below tells the loop to leave.
+        await sleep(backoffDelay(attempt, this.retry.backoff), this.stopped.signal).catch(() => {});
+        if (!active()) return false;
+        await heartbeat();
+      }
+    }
+  }
+
+  private async commitThrough(
+    offset: string,
+    batch: EachBatchPayload['batch'],
+    resolveOffset: EachBatchPayload['resolveOffset'],
+    commitOffsetsIfNecessary: EachBatchPayload['commitOffsetsIfNecessary'],
+    heartbeat: () => Promise<void>,
+  ): Promise<void> {
+    resolveOffset(offset);
+    // The payload's commit goes straight to the group coordinator; consumer.commitOffsets() is a
+    // silent no-op once stop() began, which would lose the in-flight message's commit.
+    await commitOffsetsIfNecessary({
+      topics: [{ topic: batch.topic, partitions: [{ partition: batch.partition, offset: (BigInt(offset) + 1n).toString() }] }],
+    });
+    await heartbeat();
   }
 
   stop(): Promise<void> {

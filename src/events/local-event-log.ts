@@ -12,6 +12,7 @@ import type {
   TopicSpec,
 } from './event-log.js';
 import { isValidTopicName } from './topics.js';
+import { maxBatchOf } from './event-log.js';
 
 /**
  * Kafka's murmur2 (the Java client's `Utils.murmur2`, seed 0x9747b28c), which the default
@@ -484,13 +485,17 @@ class LocalSubscription implements Subscription {
           WHERE topic = $1 AND partition = $2 AND "offset" >= $3
           ORDER BY "offset"
           LIMIT $4`,
-        [part.topic, part.partition, part.next.toString(), this.options.batchSize],
+        [part.topic, part.partition, part.next.toString(), this.subscription.batchHandler ? maxBatchOf(this.subscription) : this.options.batchSize],
       );
-      for (const row of rows) {
+      // A batch handler takes the rows as one slice; the plain handler one message per slice.
+      const messages = rows.map((row) => toMessage(part.topic, part.partition, row));
+      const { batchHandler } = this.subscription;
+      const slices = batchHandler ? (messages.length > 0 ? [messages] : []) : messages.map((message) => [message]);
+      for (const slice of slices) {
         if (!this.running || Date.now() >= this.rebalanceDue) return worked;
-        const message = toMessage(part.topic, part.partition, row);
-        if (!(await this.deliver(message))) return worked;
-        const next = BigInt(message.offset) + 1n;
+        const handle = batchHandler ? () => batchHandler(slice) : () => this.subscription.handler(slice[0]!);
+        if (!(await this.untilHandled(handle, slice[0]!))) return worked;
+        const next = BigInt(slice[slice.length - 1]!.offset) + 1n;
         if (!(await this.commit(part, next))) {
           // Our lease was taken over (we stalled past leaseMs): stop consuming this partition.
           this.owned.delete(partKey(part.topic, part.partition));
@@ -505,16 +510,16 @@ class LocalSubscription implements Subscription {
   }
 
   /**
-   * Runs the handler until it succeeds (true) or the subscription stops during a retry (false).
+   * Runs `handle` until it succeeds (true) or the subscription stops during a retry (false).
    * No attempt bound: giving up would skip the message, so this is not a `retry()`.
    */
-  private async deliver(message: LogMessage): Promise<boolean> {
+  private async untilHandled(handle: () => Promise<void>, first: LogMessage): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.subscription.handler(message);
+        await handle();
         return true;
       } catch (err) {
-        this.options.onError(err, { groupId: this.groupId, topic: message.topic, partition: message.partition, offset: message.offset });
+        this.options.onError(err, { groupId: this.groupId, topic: first.topic, partition: first.partition, offset: first.offset });
         if (!this.running) return false;
         await this.backOff(attempt);
         if (!this.running) return false;

@@ -55,7 +55,8 @@ describe('propagation of authority changes to two gateway processes', () => {
     await migrateUp(ctx.db);
     await (await ctx.events()).createTopics(topicSpecs(ctx.config));
     for (let i = 0; i < 2; i++) {
-      const proc = startCli(['gateway', 'start'], env);
+      // Each gateway process has its own spool directory: two refuse to share one.
+      const proc = startCli(['gateway', 'start'], { ...env, CARACAL_SPOOL_DIR: path.join(home, `spool-${i}`) });
       const [, url] = await proc.waitFor(/caracal gateway listening on (http:\/\/[\d.:]+)/, 90_000);
       gateways.push({ proc, url: url! });
     }

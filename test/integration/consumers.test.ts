@@ -61,7 +61,30 @@ describe.each(BACKENDS)('consumers on the %s backend', (backend) => {
   it('sends a poison event of each topic to the DLQ with its coordinates and keeps going', async () => {
     const events = await h.ctx.events();
     const key = randomName('poison');
-    await events.publish(h.ctx.topics.decisions, [{ key, value: 'this is not json' }]);
+    // The poison decision sits between two good ones of its key (one partition, one slice): the
+    // slice's transaction fails, and the one-by-one pass records both good ones and dead-letters it.
+    const decision = (suffix: string) =>
+      buildEvent(EVENT_TYPES.decision, 'test', key, {
+        decision_id: `${key}-${suffix}`,
+        request_id: `${key}-${suffix}`,
+        principal_id: null,
+        token_id: null,
+        upstream: null,
+        method: 'GET',
+        path: '/',
+        resource: null,
+        action: null,
+        allow: false,
+        reasons: ['test'],
+        policy_ids: [],
+        bundle_revision: null,
+        status: 403,
+      });
+    await events.publish(h.ctx.topics.decisions, [
+      { key, value: JSON.stringify(decision('before')) },
+      { key, value: 'this is not json' },
+      { key, value: JSON.stringify(decision('behind')) },
+    ]);
     await events.publish(h.ctx.topics.lifecycle, [{ key, value: JSON.stringify({ specversion: '1.0', id: `${key}-lifecycle`, type: EVENT_TYPES.lifecycle, source: 'test', time: new Date().toISOString(), datacontenttype: 'application/json', data: { entity: 'nonsense' } }) }]);
     await events.publish(h.ctx.topics.metering, [{ key, value: JSON.stringify({ specversion: '1.0', id: `${key}-metering`, type: 'dev.caracal.unknown.v9', source: 'test', time: new Date().toISOString(), datacontenttype: 'application/json', data: {} }) }]);
     // A good event after the poison ones is still processed.
@@ -81,6 +104,10 @@ describe.each(BACKENDS)('consumers on the %s backend', (backend) => {
     }
     expect(entries.find((e) => e.topic === h.ctx.topics.lifecycle)!.originalEventId).toBe(`${key}-lifecycle`);
     expect(await until(async () => (await queryAudit(h.ctx.db, { ...ALL_TIME, decisionId: afterId, limit: 10 })).length === 1)).toBe(true);
+    for (const neighbour of ['before', 'behind']) {
+      expect(await until(async () => (await queryAudit(h.ctx.db, { ...ALL_TIME, decisionId: `${key}-${neighbour}`, limit: 10 })).length === 1), neighbour).toBe(true);
+    }
+    expect(await poisoned()).toHaveLength(3);
   });
 
   it('redrives a dead-lettered event after the fix: processed exactly once, redrive is idempotent', async () => {

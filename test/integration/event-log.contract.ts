@@ -213,6 +213,54 @@ export function eventLogContract(name: string, factory: () => Promise<EventLogHa
       expect(totalLag(await log.consumerLag(group, [t]))).toBe(0);
     });
 
+    it('gives a batch handler slices of one partition in offset order, retries a failed slice whole, and commits per slice', async () => {
+      const t = await topic(3);
+      const group = randomName('group');
+      await log.publish(t, Array.from({ length: 60 }, (_, i) => ({ key: `key-${i % 7}`, value: `v${i}` })));
+      const slices: LogMessage[][] = [];
+      let failedOnce = false;
+      const handled = new Set<string>();
+      const subscription = await log.subscribe({
+        groupId: group,
+        topics: [t],
+        maxBatch: 4,
+        handler: () => Promise.reject(new Error('the per-message handler must not be used when a batch handler is given')),
+        batchHandler: async (messages) => {
+          slices.push(messages);
+          if (!failedOnce && messages.some((m) => m.offset === '1')) {
+            failedOnce = true;
+            throw new Error('slice failed once');
+          }
+          for (const m of messages) handled.add(m.value);
+        },
+      });
+      open.push(subscription);
+      await waitUntil(() => handled.size >= 60, `60 handled (have ${handled.size})`);
+      await sleep(harness.quietMs);
+      await subscription.stop();
+      expect(handled.size).toBe(60);
+      for (const slice of slices) {
+        expect(slice.length).toBeGreaterThan(0);
+        expect(slice.length).toBeLessThanOrEqual(4);
+        expect(new Set(slice.map((m) => m.partition)).size).toBe(1);
+        const offsets = slice.map((m) => Number(m.offset));
+        expect(offsets).toEqual(offsets.map((_, i) => offsets[0]! + i));
+      }
+      // The failed slice came again, the same messages, before anything after it in its partition.
+      const failed = slices.findIndex((slice) => slice.some((m) => m.offset === '1'));
+      const again = slices.findIndex((slice, i) => i > failed && slice[0]!.partition === slices[failed]![0]!.partition);
+      expect(slices[again]!.map((m) => m.offset)).toEqual(slices[failed]!.map((m) => m.offset));
+      expect(totalLag(await log.consumerLag(group, [t]))).toBe(0);
+
+      // Committed per slice: a restart of the group gets only what was published after.
+      await log.publish(t, [{ key: 'key-0', value: 'after' }]);
+      const after = await collectTracked(group, [t]);
+      await after.waitForCount(1);
+      await sleep(harness.quietMs);
+      await after.subscription.stop();
+      expect(after.messages.map((m) => m.value)).toEqual(['after']);
+    });
+
     it('delivers everything to each of two groups', async () => {
       const t = await topic(3);
       await log.publish(t, Array.from({ length: 20 }, (_, i) => ({ key: `key-${i}`, value: `v${i}` })));

@@ -101,6 +101,9 @@ describe.each(BACKENDS)('gateway and its upstreams on the %s backend', (backend)
         { name: 'slow', url: `${recorder.url}/hold`, timeoutMs: 500 },
       ],
       wrapEvents: (log) => withFailingPublish(log, (topic) => failDecisions && topic === h.ctx.topics.decisions),
+      // The direct path (no spool): each allow waits for the event log itself, so a failing log
+      // must refuse the call. The spool's own refusal (spool full) is in gateway-spool.test.ts.
+      configOverrides: { spool: { enabled: false } },
     });
     agent = await h.registerAgent();
     await h.grant(agent, ['api:external/keyed', 'api:external/slow'], ['read']);
