@@ -4,6 +4,12 @@
 #   scripts/services.sh start <statedir>   # then: source <statedir>/env
 #   scripts/services.sh stop  <statedir>   # safe to call twice or after a partial start
 #
+# One service of a running set, on the ports and data chosen at `start` (kept in <statedir>/ports),
+# for fault-injection tests:
+#   scripts/services.sh stop-kafka|start-kafka <statedir>     # start-kafka waits for metadata answers
+#   scripts/services.sh stop-postgres|start-postgres|restart-postgres <statedir>  # waits for pg_isready
+#   scripts/services.sh stop-redis|start-redis <statedir>     # Redis keeps no data across a restart
+#
 # Everything (data, sockets, logs, pid files, the env file) lives in <statedir>.
 # Needs scripts/provision.sh to have run (binaries in $CARACAL_TOOLS_DIR, Kafka jars).
 set -euo pipefail
@@ -20,7 +26,7 @@ STOP_TIMEOUT=30
 
 log() { printf 'services: %s\n' "$*"; }
 err() { printf 'services: error: %s\n' "$*" >&2; }
-usage() { echo "usage: $0 start|stop <statedir>" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|stop-kafka|start-kafka|stop-postgres|start-postgres|restart-postgres|stop-redis|start-redis <statedir>" >&2; exit 2; }
 
 [ $# -eq 2 ] || usage
 CMD="$1"
@@ -38,6 +44,7 @@ KAFKA_DIR="$STATE/kafka"
 KAFKA_PID="$STATE/kafka.pid"
 KAFKA_LOG_DIR="$KAFKA_DIR/logs"   # broker's own log4j output (server.log)
 KAFKA_OUT="$KAFKA_DIR/stdout.log" # JVM stdout/stderr
+PORTS_FILE="$STATE/ports"           # ports chosen at start, reused by the single-service commands
 
 pg_bin_dir() {
   local d
@@ -249,7 +256,7 @@ kafka_metadata_ok() { # port
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start_kafka() { # port controller_port
-  local port="$1" cport="$2" cluster_id pid i deadline
+  local port="$1" cport="$2" cluster_id
   [ -d "$KAFKA_LIBS" ] && ls "$KAFKA_LIBS"/kafka_2.13-*.jar >/dev/null 2>&1 \
     || { err "Kafka jars missing in $KAFKA_LIBS; run scripts/provision.sh"; return 1; }
   mkdir -p "$KAFKA_DIR/data" "$KAFKA_LOG_DIR"
@@ -298,6 +305,13 @@ EOF
   kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" \
     >>"$KAFKA_OUT" 2>&1 || { err "kafka StorageTool format failed"; show_log "$KAFKA_OUT"; return 1; }
 
+  launch_kafka "$port"
+}
+
+# Runs the broker on the config and data already in $KAFKA_DIR (formatted once, so the cluster id
+# and the topics survive a stop/start) and waits until it answers metadata requests.
+launch_kafka() { # port
+  local port="$1" pid i deadline
   # setsid: the broker does not share the caller's process group (Ctrl-C goes to test.sh, whose
   # trap stops it cleanly via the pid file).
   rm -f "$KAFKA_PID"
@@ -334,7 +348,7 @@ start_all() {
     err "services already running in $STATE; run: $0 stop $STATE"
     return 1
   fi
-  rm -f "$STATE/env"
+  rm -f "$STATE/env" "$PORTS_FILE"
   mapfile -t ports < <(free_ports 4)
   [ "${#ports[@]}" -eq 4 ] || { err "could not pick free ports"; return 1; }
   pg_port="${ports[0]}"; redis_port="${ports[1]}"; kafka_port="${ports[2]}"; ctrl_port="${ports[3]}"
@@ -356,6 +370,12 @@ start_all() {
     return 1
   fi
 
+  cat >"$PORTS_FILE" <<EOF
+PG_PORT=$pg_port
+REDIS_PORT=$redis_port
+KAFKA_PORT=$kafka_port
+KAFKA_CONTROLLER_PORT=$ctrl_port
+EOF
   cat >"$STATE/env" <<EOF
 export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/caracal
 export REDIS_URL=redis://127.0.0.1:$redis_port
@@ -366,8 +386,113 @@ EOF
   log "all services up in $((SECONDS - t0))s; source $STATE/env"
 }
 
+# ------------------------------------------------------------------------------------------------
+# Single services of a running set (fault-injection tests): the same ports and the same data.
+
+load_ports() {
+  [ -s "$PORTS_FILE" ] || { err "no $PORTS_FILE: start the services with '$0 start $STATE' first"; return 1; }
+  local key value
+  while IFS='=' read -r key value; do
+    case "$key" in
+      PG_PORT) PG_PORT="$value" ;;
+      REDIS_PORT) REDIS_PORT="$value" ;;
+      KAFKA_PORT) KAFKA_PORT="$value" ;;
+      KAFKA_CONTROLLER_PORT) KAFKA_CONTROLLER_PORT="$value" ;;
+    esac
+  done <"$PORTS_FILE"
+  [ -n "${PG_PORT:-}" ] && [ -n "${REDIS_PORT:-}" ] && [ -n "${KAFKA_PORT:-}" ] && [ -n "${KAFKA_CONTROLLER_PORT:-}" ] \
+    || { err "$PORTS_FILE is incomplete"; return 1; }
+}
+
+stop_kafka_only() {
+  local kpid
+  kpid="$(read_pid "$KAFKA_PID")"
+  if ! pid_matches "$kpid" "$KAFKA_DIR"; then
+    rm -f "$KAFKA_PID"
+    log "kafka not running"
+    return 0
+  fi
+  kill -TERM "$kpid" 2>/dev/null || true
+  if ! wait_gone "$kpid" "$STOP_TIMEOUT"; then
+    kill -KILL "$kpid" 2>/dev/null || true
+    wait_gone "$kpid" 5 || true
+    err "kafka ($kpid) did not stop within ${STOP_TIMEOUT}s and was killed"
+  fi
+  rm -f "$KAFKA_PID"
+  log "kafka stopped"
+}
+
+start_kafka_only() {
+  load_ports
+  local kpid i
+  kpid="$(read_pid "$KAFKA_PID")"
+  if pid_matches "$kpid" "$KAFKA_DIR"; then err "kafka already running (pid $kpid)"; return 1; fi
+  # Not formatted again: a new cluster id would refuse the existing data (and lose the topics).
+  [ -f "$KAFKA_DIR/server.properties" ] && [ -f "$KAFKA_DIR/data/meta.properties" ] \
+    || { err "no formatted Kafka in $KAFKA_DIR: start the services with '$0 start $STATE' first"; return 1; }
+  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do port_open "$KAFKA_PORT" || break; sleep 0.1; done
+  ! port_open "$KAFKA_PORT" || { err "127.0.0.1:$KAFKA_PORT is still taken"; return 1; }
+  launch_kafka "$KAFKA_PORT"
+}
+
+stop_postgres_only() {
+  local ppid pgbin
+  [ -f "$PG_DIR/postmaster.pid" ] || { log "postgres not running"; return 0; }
+  ppid="$(read_pid "$PG_DIR/postmaster.pid")"
+  pid_alive "$ppid" || { log "postgres not running"; return 0; }
+  pgbin="$(pg_bin_dir)" || { err "no /usr/lib/postgresql/*/bin/pg_ctl"; return 1; }
+  as_pg "$pgbin/pg_ctl" stop -D "$PG_DIR" -m fast -w -t "$STOP_TIMEOUT" >/dev/null 2>&1 || kill -QUIT "$ppid" 2>/dev/null || true
+  wait_gone "$ppid" "$STOP_TIMEOUT" || { kill -KILL "$ppid" 2>/dev/null || true; err "postgres ($ppid) killed"; return 1; }
+  log "postgres stopped"
+}
+
+start_postgres_only() {
+  load_ports
+  local pgbin i
+  pgbin="$(pg_bin_dir)" || { err "no /usr/lib/postgresql/*/bin/pg_ctl; run scripts/provision.sh"; return 1; }
+  [ -f "$PG_DIR/PG_VERSION" ] || { err "no PostgreSQL data in $PG_DIR: start the services with '$0 start $STATE' first"; return 1; }
+  if [ -f "$PG_DIR/postmaster.pid" ] && pid_alive "$(read_pid "$PG_DIR/postmaster.pid")"; then
+    err "postgres already running"; return 1
+  fi
+  # Port and socket dir come from postgresql.auto.conf, written at start; the log is appended to.
+  as_pg "$pgbin/pg_ctl" start -D "$PG_DIR" -l "$PG_LOG" -w -t "$PG_TIMEOUT" >/dev/null 2>&1 \
+    || { err "PostgreSQL did not start"; show_log "$PG_LOG"; return 1; }
+  for ((i = 0; i < PG_TIMEOUT * 5; i++)); do
+    "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 2 && break
+    sleep 0.2
+  done
+  "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 2 \
+    || { err "PostgreSQL not ready on 127.0.0.1:$PG_PORT after ${PG_TIMEOUT}s"; show_log "$PG_LOG"; return 1; }
+  log "postgres ready on 127.0.0.1:$PG_PORT"
+}
+
+stop_redis_only() {
+  local rpid
+  rpid="$(read_pid "$REDIS_PID")"
+  if ! pid_matches "$rpid" "redis-server"; then rm -f "$REDIS_PID"; log "redis not running"; return 0; fi
+  kill -TERM "$rpid" 2>/dev/null || true
+  wait_gone "$rpid" "$STOP_TIMEOUT" || { kill -KILL "$rpid" 2>/dev/null || true; err "redis ($rpid) killed"; }
+  rm -f "$REDIS_PID"
+  log "redis stopped"
+}
+
+start_redis_only() {
+  load_ports
+  local rpid
+  rpid="$(read_pid "$REDIS_PID")"
+  if pid_matches "$rpid" "redis-server"; then err "redis already running (pid $rpid)"; return 1; fi
+  start_redis "$REDIS_PORT"
+}
+
 case "$CMD" in
   start) start_all ;;
   stop) stop_all ;;
+  stop-kafka) stop_kafka_only ;;
+  start-kafka) start_kafka_only ;;
+  stop-postgres) stop_postgres_only ;;
+  start-postgres) start_postgres_only ;;
+  restart-postgres) stop_postgres_only && start_postgres_only ;;
+  stop-redis) stop_redis_only ;;
+  start-redis) start_redis_only ;;
   *) usage ;;
 esac
