@@ -297,7 +297,8 @@ export class KafkaEventLog implements EventLog {
     const consumer = this.kafka.consumer({
       groupId: options.groupId,
       allowAutoTopicCreation: false,
-      sessionTimeout: tuning.sessionTimeoutMs ?? 30_000,
+      // 10 s, not 30: after a broker restart a group waits out the old members' sessions before it hands out partitions again.
+      sessionTimeout: tuning.sessionTimeoutMs ?? 10_000,
       heartbeatInterval: tuning.heartbeatIntervalMs ?? 3_000,
       rebalanceTimeout: tuning.rebalanceTimeoutMs ?? 60_000,
       maxWaitTimeInMs: tuning.maxWaitTimeMs ?? 500,
