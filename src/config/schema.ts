@@ -120,6 +120,37 @@ const GATEWAY_LIMIT_DEFAULTS = {
 };
 const GATEWAY_TIMEOUT_DEFAULTS = { keepAliveMs: 5_000, headersMs: 15_000, requestMs: 300_000, idleSocketMs: 60_000 };
 
+/**
+ * A c2sp.org/tlog-checkpoint origin, which is also the name of the checkpoint signing key
+ * (c2sp.org/signed-note key names): one non-empty line with no spaces, no control characters and
+ * no "+", by convention a schema-less URL such as `caracal.example.com/ledger`.
+ */
+export const LedgerOriginSchema = z
+  .string()
+  .min(1, 'must not be empty')
+  .max(255)
+  // eslint-disable-next-line no-control-regex
+  .refine((v) => !/[\u0000-\u001f\u007f\s\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]/u.test(v), 'must be one line without spaces or control characters')
+  .refine((v) => !v.includes('+'), 'must not contain "+" (the origin is also the signing key\'s name)')
+  .refine((v) => !/\p{Cs}/u.test(v), 'must be valid Unicode (no unpaired surrogate)');
+
+export const LedgerSchema = z
+  .object({
+    /** The log's identity: the first line of every checkpoint, and the signing key's name. */
+    origin: LedgerOriginSchema.default('caracal.local/ledger'),
+    /** PEM (PKCS#8) EC P-256 key that signs checkpoints; unset = `<home>/ledger-signing.pem`, generated (mode 0600) on first use. */
+    signingKeyPath: z.string().min(1).optional(),
+    /** A checkpoint is sealed in the same transaction once this many leaves are not yet in one. */
+    batchMaxEvents: z.coerce.number().int().min(1).max(1_000_000).default(1_000),
+    /** …or once the oldest leaf not in a checkpoint is this old (even when traffic stops). */
+    batchMaxMs: z.coerce.number().int().min(10).max(3_600_000).default(1_000),
+    /** A root that does not verify against the previous checkpoint freezes the sequencer (appends stop until `resumeLedger`). */
+    freezeOnVerificationFailure: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]).default(true),
+  })
+  .strict();
+
+const LEDGER_DEFAULTS = { origin: 'caracal.local/ledger', batchMaxEvents: 1_000, batchMaxMs: 1_000, freezeOnVerificationFailure: true };
+
 export const ConfigSchema = z
   .object({
     /** Where the embedded default keeps its data (PGlite, keys, local state). */
@@ -243,6 +274,7 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ enabled: true, maxBytes: 256 * 1024 * 1024, readyHighWater: 0.8, shipBatch: 2_000 }),
+    ledger: LedgerSchema.default(LEDGER_DEFAULTS),
     policy: z
       .object({
         /** Bundle (tar.gz with policy.wasm) to load; unset = the committed default bundle. */
@@ -259,6 +291,7 @@ export type CaracalConfig = z.infer<typeof ConfigSchema>;
 export type UpstreamConfig = z.infer<typeof UpstreamSchema>;
 export type UpstreamDialect = UpstreamConfig['dialect'];
 export type GatewayLimits = z.infer<typeof GatewayLimitsSchema>;
+export type LedgerConfig = z.infer<typeof LedgerSchema>;
 
 /** Environment variables and the config key each one sets. */
 export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
@@ -289,6 +322,11 @@ export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
   CARACAL_SPOOL: { path: ['spool', 'enabled'] },
   CARACAL_SPOOL_DIR: { path: ['spool', 'dir'] },
   CARACAL_OPA_BIN: { path: ['policy', 'opaBin'] },
+  CARACAL_LEDGER_ORIGIN: { path: ['ledger', 'origin'] },
+  CARACAL_LEDGER_SIGNING_KEY: { path: ['ledger', 'signingKeyPath'] },
+  CARACAL_LEDGER_BATCH_MAX_EVENTS: { path: ['ledger', 'batchMaxEvents'] },
+  CARACAL_LEDGER_BATCH_MAX_MS: { path: ['ledger', 'batchMaxMs'] },
+  CARACAL_LEDGER_FREEZE_ON_VERIFICATION_FAILURE: { path: ['ledger', 'freezeOnVerificationFailure'] },
 };
 
 /** Keys of the older snake_case configuration format; rejected with a pointer to the new name. */

@@ -5,13 +5,14 @@ import { topicSpecs } from '../events/topics.js';
 import type { ConsumerMetrics } from '../metrics/metrics.js';
 import { migrateUp } from '../store/migrate.js';
 import { auditLogger } from './audit-logger.js';
+import { ledgerWriter } from './ledger-writer.js';
 import { startConsumer, type ConsumerOptions, type ConsumerRole, type RunningConsumer } from './runner.js';
 
-/** The consumer roles by name; the runbook's `--only` values. */
-const ROLES: Record<string, ((ctx: AppContext) => ConsumerRole) | null> = {
+/** The consumer roles by name; the runbook's `--only` values. `metrics()` is the registry once there is one. */
+const ROLES: Record<string, ((ctx: AppContext, metrics: () => ConsumerMetrics | undefined) => ConsumerRole) | null> = {
   'audit-logger': auditLogger,
+  'ledger-writer': ledgerWriter,
   // Not built yet: named so `--only` gives a clear answer instead of "unknown".
-  'ledger-writer': null,
   'metrics-aggregator': null,
 };
 
@@ -32,6 +33,8 @@ export interface RunningConsumers {
   roles: string[];
   /** Group ids of the running roles (for lag). */
   groups: string[];
+  /** Roles that keep their own metrics (the ledger writer) report into `metrics` from now on. */
+  useMetrics?(metrics: ConsumerMetrics): void;
   stop(): Promise<void>;
 }
 
@@ -41,6 +44,7 @@ export interface RunningConsumers {
  */
 export function watchConsumers(ctx: AppContext, running: RunningConsumers, metrics: ConsumerMetrics, intervalMs = 10_000): () => void {
   const log = ctx.logger.child({ component: 'consumer-metrics' });
+  running.useMetrics?.(metrics);
   const refresh = async () => {
     const { rows } = await ctx.db.query<{ n: string | number }>('SELECT count(*) AS n FROM dlq_events WHERE redriven_at IS NULL');
     metrics.dlqSize.set(Number(rows[0]?.n ?? 0));
@@ -59,8 +63,13 @@ export function watchConsumers(ctx: AppContext, running: RunningConsumers, metri
 }
 
 /** Starts the named roles on the context's database and event log (topics and tables prepared first). */
-export async function startConsumers(ctx: AppContext, only?: string[], options: ConsumerOptions & { prepare?: boolean } = {}): Promise<RunningConsumers> {
+export async function startConsumers(
+  ctx: AppContext,
+  only?: string[],
+  options: ConsumerOptions & { prepare?: boolean; metrics?: ConsumerMetrics } = {},
+): Promise<RunningConsumers> {
   const names = resolveRoles(only);
+  let metrics = options.metrics;
   if (options.prepare ?? true) {
     await migrateUp(ctx.db);
     await (await ctx.events()).createTopics(topicSpecs(ctx.config));
@@ -73,7 +82,7 @@ export async function startConsumers(ctx: AppContext, only?: string[], options: 
   const groups: string[] = [];
   try {
     for (const name of names) {
-      const role = ROLES[name]!(ctx);
+      const role = ROLES[name]!(ctx, () => metrics);
       groups.push(role.groupId);
       running.push(await startConsumer(ctx, role, options));
     }
@@ -84,6 +93,9 @@ export async function startConsumers(ctx: AppContext, only?: string[], options: 
   return {
     roles: names,
     groups,
+    useMetrics: (registry) => {
+      metrics = registry;
+    },
     stop: async () => {
       await Promise.allSettled(running.map((r) => r.stop()));
     },

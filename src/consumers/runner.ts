@@ -20,6 +20,10 @@ export interface ConsumerRole {
    * a time through `handle`, so one poison event costs a slice its batching, not its progress.
    */
   handleBatch?(messages: LogMessage[]): Promise<void>;
+  /** Optional: called before the subscription starts (a failure fails the start), e.g. to start a timer. */
+  start?(): Promise<void>;
+  /** Optional: called after the subscription stopped (the last slice has been handled). */
+  stop?(): Promise<void>;
 }
 
 /**
@@ -76,7 +80,7 @@ export async function startConsumer(ctx: AppContext, role: ConsumerRole, options
   const log = ctx.logger.child({ component: 'consumer', role: role.name });
   const stopping = new AbortController();
   const maxAttempts = options.maxAttempts ?? 5;
-  const backoff = { baseDelayMs: options.baseDelayMs ?? 200, maxDelayMs: options.maxDelayMs ?? 10_000, jitter: 'full' as const };
+  const backoff = { baseDelayMs: options.baseDelayMs ?? 200, maxDelayMs: options.maxDelayMs ?? 5_000, jitter: 'full' as const };
 
   /** Waits out one backoff step; a stop during the wait rethrows `err` (nothing is committed). */
   const waitBeforeRetry = async (attempt: number, err: unknown) => {
@@ -108,6 +112,7 @@ export async function startConsumer(ctx: AppContext, role: ConsumerRole, options
   };
 
   const handleBatch = role.handleBatch?.bind(role);
+  await role.start?.();
   const subscription: Subscription = await events.subscribe({
     groupId: role.groupId,
     topics: role.topics(ctx),
@@ -134,13 +139,20 @@ export async function startConsumer(ctx: AppContext, role: ConsumerRole, options
           maxBatch: options.maxBatch ?? 500,
         }
       : {}),
+  }).catch(async (err: unknown) => {
+    await role.stop?.().catch(() => {});
+    throw err;
   });
   log.info({ group: role.groupId, topics: role.topics(ctx) }, 'consumer started');
   return {
     role: role.name,
     stop: async () => {
       stopping.abort(new Error('consumer stopping'));
-      await subscription.stop();
+      try {
+        await subscription.stop();
+      } finally {
+        await role.stop?.();
+      }
     },
   };
 }

@@ -140,12 +140,17 @@ export function registerSpoolMetrics(metrics: GatewayMetrics, source: SpoolGauge
   };
 }
 
-/** The consumers' registry (`metrics.consumersPort`): processed events, DLQ, lag. */
+/** The consumers' registry (`metrics.consumersPort`): processed events, DLQ, lag, the ledger writer's tree. */
 export class ConsumerMetrics {
   readonly registry = new Registry();
   readonly events: Counter<'role' | 'topic' | 'result'>;
   readonly dlqSize: Gauge<string>;
   readonly lag: Gauge<'group' | 'topic'>;
+  /** The ledger writer (src/ledger/writer.ts). */
+  readonly merkleBatchSize: Histogram<string>;
+  readonly merkleTreeSize: Gauge<string>;
+  readonly merkleCheckpointAge: Gauge<string>;
+  readonly merkleVerificationFailures: Counter<string>;
 
   constructor(defaultMetrics = true) {
     if (defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'caracal_' });
@@ -158,5 +163,18 @@ export class ConsumerMetrics {
     });
     this.dlqSize = new Gauge({ name: 'caracal_dlq_size', help: 'Dead-letter entries not yet redriven', registers });
     this.lag = new Gauge({ name: 'caracal_kafka_consumer_lag', help: 'Messages not yet committed by a consumer group, per topic', labelNames: ['group', 'topic'], registers });
+    this.merkleBatchSize = new Histogram({
+      name: 'caracal_merkle_batch_size',
+      help: 'Leaves covered by one newly signed ledger checkpoint (beyond the previous one)',
+      buckets: [1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+      registers,
+    });
+    this.merkleTreeSize = new Gauge({ name: 'caracal_merkle_tree_size', help: 'Leaves in the ledger Merkle tree', registers });
+    this.merkleCheckpointAge = new Gauge({ name: 'caracal_merkle_checkpoint_age_seconds', help: 'Seconds since the newest ledger checkpoint was signed', registers });
+    this.merkleVerificationFailures = new Counter({
+      name: 'caracal_merkle_verification_failures_total',
+      help: 'Ledger roots or consistency proofs that did not verify (nothing was signed)',
+      registers,
+    });
   }
 }

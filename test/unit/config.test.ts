@@ -78,6 +78,31 @@ describe('config', () => {
     expect(problemOf(() => loadConfig({ env: {}, configPath: yamlFile('gateway:\n  upstreams:\n    - name: a\n      url: http://x\n      credentials: {header: x-api-key, value: sk-123}\n') }))).toMatch(/credentials.*(valueEnv|unknown key)/);
   });
 
+  it('has ledger defaults and reads the ledger keys from the environment', () => {
+    const defaults = loadConfig({ env: {}, cwd: tmpdir() });
+    expect(defaults.ledger).toEqual({ origin: 'caracal.local/ledger', batchMaxEvents: 1000, batchMaxMs: 1000, freezeOnVerificationFailure: true });
+    const config = loadConfig({
+      env: {
+        CARACAL_LEDGER_ORIGIN: 'ledger.example.com/prod',
+        CARACAL_LEDGER_SIGNING_KEY: '/run/secrets/ledger.pem',
+        CARACAL_LEDGER_BATCH_MAX_EVENTS: '500',
+        CARACAL_LEDGER_BATCH_MAX_MS: '250',
+        CARACAL_LEDGER_FREEZE_ON_VERIFICATION_FAILURE: 'false',
+      },
+      cwd: tmpdir(),
+    });
+    expect(config.ledger).toEqual({ origin: 'ledger.example.com/prod', signingKeyPath: '/run/secrets/ledger.pem', batchMaxEvents: 500, batchMaxMs: 250, freezeOnVerificationFailure: false });
+  });
+
+  it('refuses a ledger origin that cannot be a checkpoint origin and key name, and batch bounds out of range', () => {
+    for (const origin of ['', 'two words', 'line\nbreak', 'tab\there', 'a+b', 'nbsp\u00a0here', 'lone\ud800surrogate', 'x'.repeat(256)]) {
+      expect(problemOf(() => loadConfig({ env: {}, cwd: tmpdir(), overrides: { ledger: { origin } } })), JSON.stringify(origin)).toMatch(/ledger\.origin/);
+    }
+    expect(problemOf(() => loadConfig({ env: { CARACAL_LEDGER_BATCH_MAX_EVENTS: '0' }, cwd: tmpdir() }))).toMatch(/ledger\.batchMaxEvents: .*\(from env CARACAL_LEDGER_BATCH_MAX_EVENTS\)/);
+    expect(problemOf(() => loadConfig({ env: { CARACAL_LEDGER_BATCH_MAX_MS: '1' }, cwd: tmpdir() }))).toMatch(/ledger\.batchMaxMs/);
+    expect(problemOf(() => loadConfig({ env: {}, configPath: yamlFile('ledger:\n  batchSize: 5\n') }))).toMatch(/ledger\.batchSize: unknown key/);
+  });
+
   it('fails clearly when an explicit config file is missing', () => {
     expect(problemOf(() => loadConfig({ env: { CARACAL_CONFIG: '/nonexistent/caracal.yaml' } }))).toMatch(/cannot be read \(ENOENT\)/);
   });

@@ -1,0 +1,538 @@
+// Storage of the ledger (migration 0007) through the `Db` port, on PostgreSQL and PGlite alike: the sequencer row,
+// leaves, complete-subtree hashes and signed checkpoints of one RFC 6962 tree per origin. See README.md ("Storage and
+// writer"). Every write function takes a transaction (`Queryable` inside `Db.transaction`) and begins by locking the
+// origin's sequencer row, so writers of one tree, in one process or many, take turns.
+import type { Queryable } from '../store/db.js';
+import { canonicalBytes } from './canonical.js';
+import { isLedgerError, LedgerError } from './errors.js';
+import { consistencyProof, emptyTreeRoot, inclusionProof, leafHash, MerkleFrontier, rootAt, verifyConsistency, type HashReader, type NodeId, type StoredNode } from './merkle.js';
+import { signCheckpoint, type NoteSigner } from './note.js';
+
+/** One leaf to append: the event's canonical bytes and hash, and the columns kept next to them for queries. */
+export interface LedgerEntryInput {
+  eventId: string;
+  eventType: string;
+  /** The principal id, when the event is about one. */
+  subject: string | null;
+  decisionId: string | null;
+  requestId: string | null;
+  /** The CloudEvent time (ISO 8601). */
+  occurredAt: string;
+  topic: string | null;
+  partition: number | null;
+  offset: string | null;
+  /** RFC 8785 canonical JSON of the whole event: the leaf input. */
+  canonical: Buffer;
+  /** leafHash(canonical) = SHA-256(0x00 ‖ canonical). */
+  leafHash: Buffer;
+}
+
+/** A stored leaf. */
+export interface LedgerEntry extends LedgerEntryInput {
+  origin: string;
+  leafIndex: number;
+  recordedAt: string;
+}
+
+export interface SequencerState {
+  origin: string;
+  treeSize: number;
+  root: Buffer;
+  /** Size of the newest signed checkpoint; 0 when none. */
+  checkpointSize: number;
+  /** When the oldest leaf not yet in a checkpoint was appended; null when every leaf is in one. */
+  openSince: Date | null;
+  frozenAt: Date | null;
+  frozenReason: string | null;
+}
+
+export interface StoredCheckpoint {
+  origin: string;
+  treeSize: number;
+  root: Buffer;
+  /** The signed note (c2sp.org/tlog-checkpoint in c2sp.org/signed-note). */
+  note: string;
+  signedAt: string;
+}
+
+export interface AppendResult {
+  /** Leaves added by this call (events already in the tree are skipped). */
+  appended: number;
+  /** Ids of the events that were already in the tree (or repeated in the call). */
+  skipped: string[];
+  /**
+   * Of `skipped`, the ids whose stored leaf differs from the one given: the same event id with other content (a
+   * redelivery is always identical). Nothing is appended for them; the caller decides what to do (the role
+   * dead-letters them).
+   */
+  conflicts: string[];
+  /** Index of the first leaf added (= the tree size before the call). */
+  firstIndex: number;
+  treeSize: number;
+  root: Buffer;
+  checkpointSize: number;
+  /** Milliseconds since the oldest leaf not in a checkpoint was appended (database clock); 0 when all are sealed. */
+  openMs: number;
+}
+
+export interface SealResult {
+  origin: string;
+  treeSize: number;
+  previousSize: number;
+  root: Buffer;
+  note: string;
+}
+
+/**
+ * The sequencer is frozen: nothing is appended or signed until `resumeLedger`. Retriable (`retriable: true`), so the
+ * consumer runner treats it like an outage: the events wait in the event log, they never go to the DLQ.
+ */
+export class LedgerFrozenError extends Error {
+  override readonly name = 'LedgerFrozenError';
+  readonly code = 'LEDGER_FROZEN';
+  readonly retriable = true;
+
+  constructor(
+    readonly origin: string,
+    readonly reason: string | null,
+  ) {
+    super(`the ledger ${origin} is frozen${reason ? `: ${reason}` : ''}; resume it once resolved`);
+  }
+}
+
+/**
+ * The stored tree does not verify: a root that does not match the stored hashes, or a new size that is not
+ * consistent with the previous checkpoint. Nothing is signed. Retriable, like a frozen ledger (the writer freezes
+ * the sequencer when `ledger.freezeOnVerificationFailure` is on).
+ */
+export class LedgerVerificationError extends Error {
+  override readonly name = 'LedgerVerificationError';
+  readonly code = 'LEDGER_VERIFICATION_FAILED';
+  readonly retriable = true;
+
+  constructor(
+    readonly origin: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`ledger ${origin}: ${message}`, options);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Values
+
+/** bytea comes back as a Buffer from `pg` and as a Uint8Array from PGlite. */
+function bytes(value: unknown): Buffer {
+  if (Buffer.isBuffer(value)) return value;
+  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+  throw new TypeError(`expected bytea, got ${typeof value}`);
+}
+
+const iso = (value: Date | string): string => new Date(value).toISOString();
+const dateOrNull = (value: Date | string | null): Date | null => (value === null ? null : new Date(value));
+const text = (value: unknown): string | null => (typeof value === 'string' && value.length > 0 ? value : null);
+
+/**
+ * The leaf of an event: canonical bytes (RFC 8785) of the whole event object and their leaf hash, with its id, type,
+ * time, subject and the decision/request ids of its data. `event` is the event as published (the parsed message
+ * value); throws LedgerError NOT_CANONICAL when it has no canonical JSON form, and INVALID_ARGUMENT when it lacks a
+ * string `id`, `type` or `time`.
+ */
+export function ledgerEntryOf(event: unknown, position: { topic?: string | null; partition?: number | null; offset?: string | null } = {}): LedgerEntryInput {
+  const e = event as { id?: unknown; type?: unknown; time?: unknown; subject?: unknown; data?: unknown } | null;
+  if (typeof e !== 'object' || e === null || typeof e.id !== 'string' || typeof e.type !== 'string' || typeof e.time !== 'string') {
+    throw new LedgerError('INVALID_ARGUMENT', 'a ledger event needs a string id, type and time');
+  }
+  const canonical = canonicalBytes(event);
+  const data = (typeof e.data === 'object' && e.data !== null ? e.data : {}) as Record<string, unknown>;
+  return {
+    eventId: e.id,
+    eventType: e.type,
+    subject: text(e.subject),
+    decisionId: text(data.decision_id),
+    requestId: text(data.request_id),
+    occurredAt: e.time,
+    topic: position.topic ?? null,
+    partition: position.partition ?? null,
+    offset: position.offset ?? null,
+    canonical,
+    leafHash: leafHash(canonical),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Reading hashes
+
+/**
+ * A HashReader over `ledger_hashes`: each call is one SELECT for the whole node list (a proof or a frontier is
+ * O(log n) nodes). Throws HASH_READER for a node that is not stored. Inside a transaction it sees that
+ * transaction's own inserts.
+ */
+export class SqlHashReader implements HashReader {
+  constructor(
+    private readonly db: Queryable,
+    private readonly origin: string,
+  ) {}
+
+  async readHashes(nodes: readonly NodeId[]): Promise<Buffer[]> {
+    if (nodes.length === 0) return [];
+    // The (level, idx) pairs are written into the statement as a VALUES list: the planner then probes the primary
+    // key once per node. They are checked integers, never text, so nothing can be injected.
+    const pairs = nodes.map(({ level, index }) => {
+      if (!Number.isSafeInteger(level) || level < 0 || level > 63 || !Number.isSafeInteger(index) || index < 0) {
+        throw new LedgerError('INVALID_ARGUMENT', `node ${level}/${index} is not a node of a tree`);
+      }
+      return `(${level}, ${index})`;
+    });
+    const { rows } = await this.db.query<{ level: number; idx: string | number; hash: Uint8Array }>(
+      `SELECT level, idx, hash FROM ledger_hashes WHERE origin = $1 AND (level, idx) IN (VALUES ${pairs.join(', ')})`,
+      [this.origin],
+    );
+    const found = new Map<string, Buffer>();
+    for (const row of rows) found.set(`${Number(row.level)}/${String(row.idx)}`, bytes(row.hash));
+    const out = nodes.map(({ level, index }) => found.get(`${level}/${index}`));
+    return out.map((hash, n) => {
+      if (hash === undefined) throw new LedgerError('HASH_READER', `ledger ${this.origin}: node ${nodes[n]!.level}/${nodes[n]!.index} is not stored`);
+      return hash;
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Sequencer
+
+interface SequencerRow {
+  origin: string;
+  tree_size: string | number;
+  root: Uint8Array;
+  checkpoint_size: string | number;
+  open_since: Date | string | null;
+  frozen_at: Date | string | null;
+  frozen_reason: string | null;
+  open_ms: number | null;
+}
+
+const SEQUENCER_COLUMNS = `origin, tree_size, root, checkpoint_size, open_since, frozen_at, frozen_reason,
+  CASE WHEN open_since IS NULL THEN 0 ELSE GREATEST(0, EXTRACT(EPOCH FROM (now() - open_since)) * 1000)::float8 END AS open_ms`;
+
+function toState(row: SequencerRow): SequencerState & { openMs: number } {
+  return {
+    origin: row.origin,
+    treeSize: Number(row.tree_size),
+    root: bytes(row.root),
+    checkpointSize: Number(row.checkpoint_size),
+    openSince: dateOrNull(row.open_since),
+    frozenAt: dateOrNull(row.frozen_at),
+    frozenReason: row.frozen_reason,
+    openMs: Number(row.open_ms ?? 0),
+  };
+}
+
+/**
+ * Locks the origin's sequencer row for the rest of the transaction (SELECT … FOR UPDATE), creating it at size 0 on
+ * first use. Every writer of the tree calls this first, so they take turns: one sequencer per tree.
+ */
+export async function lockSequencer(tx: Queryable, origin: string): Promise<SequencerState & { openMs: number }> {
+  const select = () => tx.query<SequencerRow>(`SELECT ${SEQUENCER_COLUMNS} FROM ledger_sequencer WHERE origin = $1 FOR UPDATE`, [origin]);
+  let { rows } = await select();
+  if (rows.length === 0) {
+    // A concurrent creator makes this wait for its commit, then do nothing; the SELECT then sees its row.
+    await tx.query('INSERT INTO ledger_sequencer (origin, root) VALUES ($1, decode($2, \'hex\')) ON CONFLICT (origin) DO NOTHING', [origin, emptyTreeRoot().toString('hex')]);
+    ({ rows } = await select());
+  }
+  return toState(rows[0]!);
+}
+
+/** The sequencer row as it is now (no lock), or null before the first append. */
+export async function readSequencer(db: Queryable, origin: string): Promise<(SequencerState & { openMs: number }) | null> {
+  const { rows } = await db.query<SequencerRow>(`SELECT ${SEQUENCER_COLUMNS} FROM ledger_sequencer WHERE origin = $1`, [origin]);
+  return rows[0] ? toState(rows[0]) : null;
+}
+
+/**
+ * Freezes the sequencer (creating its row if needed): appends and checkpoints are refused with LedgerFrozenError
+ * until `resumeLedger`. A second freeze keeps the first time and reason. For an operator, or the writer itself on a
+ * verification failure.
+ */
+export async function freezeLedger(db: Queryable, origin: string, reason: string): Promise<SequencerState> {
+  const { rows } = await db.query<SequencerRow>(
+    `INSERT INTO ledger_sequencer (origin, root, frozen_at, frozen_reason) VALUES ($1, decode($2, 'hex'), now(), $3)
+     ON CONFLICT (origin) DO UPDATE SET frozen_at = COALESCE(ledger_sequencer.frozen_at, now()),
+       frozen_reason = COALESCE(ledger_sequencer.frozen_reason, EXCLUDED.frozen_reason), updated_at = now()
+     RETURNING ${SEQUENCER_COLUMNS}`,
+    [origin, emptyTreeRoot().toString('hex'), reason.slice(0, 2_000) || 'frozen'],
+  );
+  return toState(rows[0]!);
+}
+
+/** Lifts a freeze; returns whether the sequencer was frozen. */
+export async function resumeLedger(db: Queryable, origin: string): Promise<boolean> {
+  const { rowCount } = await db.query(
+    'UPDATE ledger_sequencer SET frozen_at = NULL, frozen_reason = NULL, updated_at = now() WHERE origin = $1 AND frozen_at IS NOT NULL',
+    [origin],
+  );
+  return rowCount > 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Appending
+
+/**
+ * Appends the events that are not yet in the tree, in order, as leaves of `origin`'s tree. Must run inside a
+ * transaction (`tx`), which it begins by locking the sequencer row: then it skips events whose id is already stored
+ * (delivery is at least once) or repeated in `entries`, loads the frontier from `ledger_hashes` (one read of
+ * ≤ log2 n hashes, checked against the sequencer's root), appends the leaves in memory, and writes the entries and
+ * every new complete-subtree hash in one statement each, then the new size and root. A frozen sequencer refuses
+ * (LedgerFrozenError); a frontier that does not give the stored root is a LedgerVerificationError.
+ */
+export async function appendEvents(tx: Queryable, origin: string, entries: readonly LedgerEntryInput[]): Promise<AppendResult> {
+  const state = await lockSequencer(tx, origin);
+  if (state.frozenAt !== null) throw new LedgerFrozenError(origin, state.frozenReason);
+  const unchanged = (skipped: string[], conflicts: string[] = []): AppendResult => ({
+    appended: 0,
+    skipped,
+    conflicts,
+    firstIndex: state.treeSize,
+    treeSize: state.treeSize,
+    root: state.root,
+    checkpointSize: state.checkpointSize,
+    openMs: state.openMs,
+  });
+  if (entries.length === 0) return unchanged([]);
+
+  // Already in the tree, or earlier in this call: skipped. The lock keeps other writers out until we commit.
+  const { rows: present } = await tx.query<{ event_id: string; leaf_hash: Uint8Array }>(
+    'SELECT event_id, leaf_hash FROM ledger_entries WHERE origin = $1 AND event_id IN (SELECT json_array_elements_text($2::json))',
+    [origin, JSON.stringify([...new Set(entries.map((entry) => entry.eventId))])],
+  );
+  const seen = new Map<string, Buffer>(present.map((row) => [row.event_id, bytes(row.leaf_hash)]));
+  const skipped: string[] = [];
+  const conflicts: string[] = [];
+  const fresh: LedgerEntryInput[] = [];
+  for (const entry of entries) {
+    const earlier = seen.get(entry.eventId);
+    if (earlier === undefined) {
+      seen.set(entry.eventId, entry.leafHash);
+      fresh.push(entry);
+    } else {
+      skipped.push(entry.eventId);
+      if (!earlier.equals(entry.leafHash)) conflicts.push(entry.eventId);
+    }
+  }
+  if (fresh.length === 0) return unchanged(skipped, conflicts);
+
+  const frontier = await loadFrontier(tx, state);
+  const nodes: StoredNode[] = [];
+  for (const entry of fresh) for (const node of frontier.append(entry.leafHash)) nodes.push(node);
+  const root = frontier.root();
+
+  await tx.query(
+    `INSERT INTO ledger_entries (origin, leaf_index, event_id, event_type, subject, decision_id, request_id, occurred_at, topic, partition, "offset", canonical, leaf_hash)
+     SELECT $1, r.i, r.id, r.t, r.s, r.d, r.q, r.at, r.tp, r.p, r.o, decode(r.c, 'base64'), decode(r.h, 'hex')
+       FROM json_to_recordset($2::json) AS r(i bigint, id text, t text, s text, d text, q text, at timestamptz, tp text, p integer, o bigint, c text, h text)`,
+    [
+      origin,
+      JSON.stringify(
+        fresh.map((entry, n) => ({
+          i: state.treeSize + n,
+          id: entry.eventId,
+          t: entry.eventType,
+          s: entry.subject,
+          d: entry.decisionId,
+          q: entry.requestId,
+          at: entry.occurredAt,
+          tp: entry.topic,
+          p: entry.partition,
+          o: entry.offset,
+          c: entry.canonical.toString('base64'),
+          h: entry.leafHash.toString('hex'),
+        })),
+      ),
+    ],
+  );
+  await tx.query(
+    `INSERT INTO ledger_hashes (origin, level, idx, hash)
+     SELECT $1, r.l, r.i, decode(r.h, 'hex') FROM json_to_recordset($2::json) AS r(l smallint, i bigint, h text)`,
+    [origin, JSON.stringify(nodes.map((node) => ({ l: node.level, i: node.index, h: node.hash.toString('hex') })))],
+  );
+  const { rows } = await tx.query<SequencerRow>(
+    `UPDATE ledger_sequencer SET tree_size = $2, root = decode($3, 'hex'), open_since = COALESCE(open_since, now()), updated_at = now()
+      WHERE origin = $1 RETURNING ${SEQUENCER_COLUMNS}`,
+    [origin, frontier.size, root.toString('hex')],
+  );
+  const after = toState(rows[0]!);
+  return {
+    appended: fresh.length,
+    skipped,
+    conflicts,
+    firstIndex: state.treeSize,
+    treeSize: after.treeSize,
+    root: after.root,
+    checkpointSize: after.checkpointSize,
+    openMs: after.openMs,
+  };
+}
+
+async function loadFrontier(tx: Queryable, state: SequencerState): Promise<MerkleFrontier> {
+  let frontier: MerkleFrontier;
+  try {
+    frontier = await MerkleFrontier.load(state.treeSize, new SqlHashReader(tx, state.origin));
+  } catch (err) {
+    if (isLedgerError(err)) throw new LedgerVerificationError(state.origin, `cannot load the frontier of size ${state.treeSize}: ${err.message}`, { cause: err });
+    throw err;
+  }
+  if (!frontier.root().equals(state.root)) {
+    throw new LedgerVerificationError(state.origin, `the stored hashes give another root at size ${state.treeSize} than the sequencer holds`);
+  }
+  return frontier;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Checkpoints
+
+interface CheckpointRow {
+  origin: string;
+  tree_size: string | number;
+  root: Uint8Array;
+  note: string;
+  signed_at: Date | string;
+}
+
+const toCheckpoint = (row: CheckpointRow): StoredCheckpoint => ({
+  origin: row.origin,
+  treeSize: Number(row.tree_size),
+  root: bytes(row.root),
+  note: row.note,
+  signedAt: iso(row.signed_at),
+});
+
+/**
+ * Signs a checkpoint of the current tree if it has grown since the last one; null when there is nothing new. Runs
+ * inside a transaction, which it begins by locking the sequencer row. Before signing it checks, from the stored
+ * hashes, that the root they give at the new size is the sequencer's, and proves the new size consistent with the
+ * previous checkpoint (consistencyProof + verifyConsistency against the stored previous root) — a
+ * LedgerVerificationError otherwise, and nothing is signed. Then it stores the signed note and moves the checkpoint
+ * size. A frozen sequencer refuses (LedgerFrozenError).
+ */
+export async function sealCheckpoint(tx: Queryable, origin: string, signer: NoteSigner | readonly NoteSigner[]): Promise<SealResult | null> {
+  const state = await lockSequencer(tx, origin);
+  if (state.frozenAt !== null) throw new LedgerFrozenError(origin, state.frozenReason);
+  if (state.treeSize <= state.checkpointSize) return null;
+  const reader = new SqlHashReader(tx, origin);
+  const previousSize = state.checkpointSize;
+  try {
+    const root = await rootAt(state.treeSize, reader);
+    if (!root.equals(state.root)) throw new LedgerError('PROOF_INVALID', `the stored hashes give another root at size ${state.treeSize} than the sequencer holds`);
+    if (previousSize > 0) {
+      const previous = await readCheckpoint(tx, origin, previousSize);
+      if (!previous) throw new LedgerError('PROOF_INVALID', `the checkpoint of size ${previousSize} is missing`);
+      const proof = await consistencyProof(previousSize, state.treeSize, reader);
+      verifyConsistency(previousSize, state.treeSize, proof, previous.root, state.root);
+    }
+  } catch (err) {
+    if (isLedgerError(err)) {
+      throw new LedgerVerificationError(origin, `size ${state.treeSize} is not provably consistent with the checkpoint of size ${previousSize}: ${err.message}`, { cause: err });
+    }
+    throw err;
+  }
+  const note = signCheckpoint({ origin, size: state.treeSize, rootHash: state.root }, Array.isArray(signer) ? (signer as readonly NoteSigner[]) : [signer as NoteSigner]);
+  // The primary key (origin, tree_size) refuses a second root for this size.
+  await tx.query('INSERT INTO ledger_checkpoints (origin, tree_size, root, note) VALUES ($1, $2, decode($3, \'hex\'), $4)', [
+    origin,
+    state.treeSize,
+    state.root.toString('hex'),
+    note,
+  ]);
+  await tx.query('UPDATE ledger_sequencer SET checkpoint_size = $2, open_since = NULL, updated_at = now() WHERE origin = $1', [origin, state.treeSize]);
+  return { origin, treeSize: state.treeSize, previousSize, root: state.root, note };
+}
+
+/** The checkpoint of exactly `treeSize`, or null. */
+export async function readCheckpoint(db: Queryable, origin: string, treeSize: number): Promise<StoredCheckpoint | null> {
+  const { rows } = await db.query<CheckpointRow>('SELECT origin, tree_size, root, note, signed_at FROM ledger_checkpoints WHERE origin = $1 AND tree_size = $2', [origin, treeSize]);
+  return rows[0] ? toCheckpoint(rows[0]) : null;
+}
+
+/** The newest checkpoint, or null before the first. */
+export async function latestCheckpoint(db: Queryable, origin: string): Promise<StoredCheckpoint | null> {
+  const { rows } = await db.query<CheckpointRow>(
+    'SELECT origin, tree_size, root, note, signed_at FROM ledger_checkpoints WHERE origin = $1 ORDER BY tree_size DESC LIMIT 1',
+    [origin],
+  );
+  return rows[0] ? toCheckpoint(rows[0]) : null;
+}
+
+/** Checkpoints in size order, from `fromSize` (inclusive), at most `limit`. */
+export async function listCheckpoints(db: Queryable, origin: string, options: { fromSize?: number; limit?: number } = {}): Promise<StoredCheckpoint[]> {
+  const { rows } = await db.query<CheckpointRow>(
+    'SELECT origin, tree_size, root, note, signed_at FROM ledger_checkpoints WHERE origin = $1 AND tree_size >= $2 ORDER BY tree_size LIMIT $3',
+    [origin, options.fromSize ?? 0, options.limit ?? 1_000],
+  );
+  return rows.map(toCheckpoint);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Entries and proofs
+
+interface EntryRow {
+  origin: string;
+  leaf_index: string | number;
+  event_id: string;
+  event_type: string;
+  subject: string | null;
+  decision_id: string | null;
+  request_id: string | null;
+  occurred_at: Date | string;
+  recorded_at: Date | string;
+  topic: string | null;
+  partition: number | null;
+  offset: string | number | null;
+  canonical: Uint8Array;
+  leaf_hash: Uint8Array;
+}
+
+const ENTRY_COLUMNS = 'origin, leaf_index, event_id, event_type, subject, decision_id, request_id, occurred_at, recorded_at, topic, partition, "offset", canonical, leaf_hash';
+
+const toEntry = (row: EntryRow): LedgerEntry => ({
+  origin: row.origin,
+  leafIndex: Number(row.leaf_index),
+  eventId: row.event_id,
+  eventType: row.event_type,
+  subject: row.subject,
+  decisionId: row.decision_id,
+  requestId: row.request_id,
+  occurredAt: iso(row.occurred_at),
+  recordedAt: iso(row.recorded_at),
+  topic: row.topic,
+  partition: row.partition === null ? null : Number(row.partition),
+  offset: row.offset === null ? null : String(row.offset),
+  canonical: bytes(row.canonical),
+  leafHash: bytes(row.leaf_hash),
+});
+
+/** Leaves in index order from `fromIndex` (inclusive), at most `limit`. */
+export async function readEntries(db: Queryable, origin: string, options: { fromIndex?: number; limit?: number } = {}): Promise<LedgerEntry[]> {
+  const { rows } = await db.query<EntryRow>(`SELECT ${ENTRY_COLUMNS} FROM ledger_entries WHERE origin = $1 AND leaf_index >= $2 ORDER BY leaf_index LIMIT $3`, [
+    origin,
+    options.fromIndex ?? 0,
+    options.limit ?? 10_000,
+  ]);
+  return rows.map(toEntry);
+}
+
+/** The leaf of an event, by its id, or null. */
+export async function findEntry(db: Queryable, origin: string, eventId: string): Promise<LedgerEntry | null> {
+  const { rows } = await db.query<EntryRow>(`SELECT ${ENTRY_COLUMNS} FROM ledger_entries WHERE origin = $1 AND event_id = $2`, [origin, eventId]);
+  return rows[0] ? toEntry(rows[0]) : null;
+}
+
+/** Inclusion proof of leaf `index` in the tree of `treeSize` leaves (take the size from a checkpoint), one read. */
+export function proveInclusion(db: Queryable, origin: string, index: number, treeSize: number): Promise<Buffer[]> {
+  return inclusionProof(index, treeSize, new SqlHashReader(db, origin));
+}
+
+/** Consistency proof between two sizes (take both from checkpoints), one read. */
+export function proveConsistency(db: Queryable, origin: string, oldSize: number, newSize: number): Promise<Buffer[]> {
+  return consistencyProof(oldSize, newSize, new SqlHashReader(db, origin));
+}
