@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { buildEvent, EVENT_TYPES, type CloudEvent, type DecisionData } from '../../src/events/cloudevents.js';
 import { POLICIES_DIR } from '../../src/paths.js';
 import type { DecisionInput } from '../../src/policy/engine.js';
 
@@ -34,4 +35,24 @@ export async function waitUntil(condition: () => boolean | Promise<boolean>, wha
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(20);
   }
+}
+
+/** A well-formed decision event (a denial) with ids `<key>-<suffix>`, for consumer tests that publish events directly. */
+export function decisionEvent(key: string, suffix: string): CloudEvent<DecisionData> {
+  return buildEvent(EVENT_TYPES.decision, 'test', key, {
+    decision_id: `${key}-${suffix}`,
+    request_id: `${key}-${suffix}`,
+    principal_id: key,
+    token_id: null,
+    upstream: null,
+    method: 'GET',
+    path: '/',
+    resource: null,
+    action: null,
+    allow: false,
+    reasons: ['test'],
+    policy_ids: [],
+    bundle_revision: null,
+    status: 403,
+  }) as CloudEvent<DecisionData>;
 }

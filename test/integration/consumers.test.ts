@@ -4,6 +4,7 @@ import { listDlqEntries, redriveDlq } from '../../src/consumers/dlq.js';
 import { startConsumers, type RunningConsumers } from '../../src/consumers/index.js';
 import { startConsumer, type ConsumerRole, type RunningConsumer } from '../../src/consumers/runner.js';
 import { buildEvent, EVENT_TYPES, parseEvent } from '../../src/events/cloudevents.js';
+import { decisionEvent } from '../helpers/fixtures.js';
 import { BACKENDS, createHarness, type Harness } from '../helpers/gateway-harness.js';
 import { startCli } from '../helpers/processes.js';
 import { randomName } from '../helpers/services.js';
@@ -63,23 +64,7 @@ describe.each(BACKENDS)('consumers on the %s backend', (backend) => {
     const key = randomName('poison');
     // The poison decision sits between two good ones of its key (one partition, one slice): the
     // slice's transaction fails, and the one-by-one pass records both good ones and dead-letters it.
-    const decision = (suffix: string) =>
-      buildEvent(EVENT_TYPES.decision, 'test', key, {
-        decision_id: `${key}-${suffix}`,
-        request_id: `${key}-${suffix}`,
-        principal_id: null,
-        token_id: null,
-        upstream: null,
-        method: 'GET',
-        path: '/',
-        resource: null,
-        action: null,
-        allow: false,
-        reasons: ['test'],
-        policy_ids: [],
-        bundle_revision: null,
-        status: 403,
-      });
+    const decision = (suffix: string) => decisionEvent(key, suffix);
     await events.publish(h.ctx.topics.decisions, [
       { key, value: JSON.stringify(decision('before')) },
       { key, value: 'this is not json' },

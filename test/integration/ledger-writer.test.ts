@@ -8,7 +8,7 @@ import { startConsumers, type RunningConsumers } from '../../src/consumers/index
 import { ledgerWriter } from '../../src/consumers/ledger-writer.js';
 import { startConsumer, type RunningConsumer } from '../../src/consumers/runner.js';
 import { AppContext } from '../../src/context.js';
-import { buildEvent, EVENT_TYPES, type CloudEvent, type DecisionData } from '../../src/events/cloudevents.js';
+import { EVENT_TYPES } from '../../src/events/cloudevents.js';
 import { eventMessage } from '../../src/events/publisher.js';
 import {
   createEcdsaNoteSigner,
@@ -39,6 +39,7 @@ import { createLogger } from '../../src/logging/logger.js';
 import { ConsumerMetrics } from '../../src/metrics/metrics.js';
 import type { Db } from '../../src/store/db.js';
 import { loadConfig } from '../../src/config/load.js';
+import { decisionEvent } from '../helpers/fixtures.js';
 import { BACKENDS, createHarness, type Harness } from '../helpers/gateway-harness.js';
 import { startCli } from '../helpers/processes.js';
 import { randomName } from '../helpers/services.js';
@@ -54,25 +55,6 @@ async function until(check: () => Promise<boolean>, timeoutMs = 30_000): Promise
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function decisionEvent(key: string, suffix: string): CloudEvent<DecisionData> {
-  return buildEvent(EVENT_TYPES.decision, 'test', key, {
-    decision_id: `${key}-${suffix}`,
-    request_id: `${key}-${suffix}`,
-    principal_id: key,
-    token_id: null,
-    upstream: null,
-    method: 'GET',
-    path: '/',
-    resource: null,
-    action: null,
-    allow: false,
-    reasons: ['test'],
-    policy_ids: [],
-    bundle_revision: null,
-    status: 403,
-  }) as CloudEvent<DecisionData>;
-}
 
 /** Every leaf, checkpoint and proof of the tree, checked from the stored rows with the verifier key alone. */
 async function verifyLedger(db: Db, origin: string, verifier: NoteVerifier): Promise<{ size: number; checkpoints: number }> {
