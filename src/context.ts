@@ -54,13 +54,17 @@ export class AppContext {
     return ctx;
   }
 
+  /** The event log, opened once; a failed open is not kept, so a later call tries again (a broker that was down at start). */
   events(): Promise<EventLog> {
     this.eventsPromise ??= (async () => {
       if (this.overrides.events) return this.overrides.events;
       const log = await openEventLog(this.config, this.db);
       this.closers.push(() => log.close());
       return log;
-    })();
+    })().catch((err: unknown) => {
+      this.eventsPromise = undefined;
+      throw err;
+    });
     return this.eventsPromise;
   }
 
