@@ -1,9 +1,14 @@
 /**
- * Child-process roles for bench/proxy-overhead.ts, so load generator, proxy and upstream never share
- * an event loop: `upstream`, `bare <upstreamUrl>`, `gateway <upstreamUrl>`. Each prints one JSON line
- * `{url, token?}` when ready and runs until SIGTERM.
+ * Child-process roles for bench/proxy-overhead.ts and bench/profile.ts, so load generator, proxy and
+ * upstream never share an event loop: `upstream`, `bare <upstreamUrl>`, `gateway <upstreamUrl>`. Each
+ * prints one JSON line `{url, token?, statsUrl?}` when ready and runs until SIGTERM.
+ *
+ * `--profile <file>` (bare and gateway roles): SIGUSR2 starts the V8 CPU profiler, the next SIGUSR2 writes
+ * `<file>` (a .cpuprofile) and prints `{"profiled": file}` — so a profile covers the load window
+ * only, not start-up or the warm-up.
  */
 import http from 'node:http';
+import { Session } from 'node:inspector/promises';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -20,6 +25,27 @@ import { DiscardingEventLog } from './null-event-log.js';
 const [role, upstreamUrl, ...flags] = process.argv.slice(2);
 const ready = (value: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(value)}\n`);
 const onTerm = (fn: () => Promise<unknown>) => process.once('SIGTERM', () => void fn().finally(() => process.exit(0)));
+
+if (flags.includes('--profile')) {
+  const file = flags[flags.indexOf('--profile') + 1]!;
+  const session = new Session();
+  session.connect();
+  let profiling = false;
+  process.on('SIGUSR2', () => {
+    void (async () => {
+      if (!profiling) {
+        profiling = true;
+        await session.post('Profiler.enable');
+        await session.post('Profiler.start');
+        return;
+      }
+      profiling = false;
+      const { profile } = await session.post('Profiler.stop');
+      writeFileSync(file, JSON.stringify(profile));
+      ready({ profiled: file });
+    })();
+  });
+}
 
 if (role === 'upstream') {
   const body = JSON.stringify({ id: 'chatcmpl-bench', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' } }] });
@@ -50,8 +76,10 @@ if (role === 'upstream') {
       gateway: { upstreams: [{ name: 'echo', url: upstreamUrl! }], limits: { perPrincipal: { maxConcurrent: 10_000, rate: { ratePerSecond: 1_000_000, burst: 1_000_000 } } } },
       // --no-token-cache: every request pays the ES256 verification (what the cache saves).
       ...(flags.includes('--no-token-cache') ? { auth: { verifiedTokenCacheSize: 0 } } : {}),
-      // --spool: decisions go to the local spool (group commit on local disk), shipped in the background.
-      ...(flags.includes('--spool') ? { spool: { enabled: true } } : {}),
+      // --spool / --no-spool: decisions go to the local spool (group commit on local disk, shipped in
+      // the background) or straight to the event log; neither: the configuration's default.
+      // --discard-events means no durable record at all, so it turns the spool off unless --spool.
+      ...(flags.includes('--spool') ? { spool: { enabled: true } } : flags.includes('--no-spool') || flags.includes('--discard-events') ? { spool: { enabled: false } } : {}),
     },
   });
   // Cost breakdown peers: --discard-events (no durable decision record), --allow-all (no WASM).
@@ -89,9 +117,41 @@ if (role === 'upstream') {
     tokensFile = path.join(home, 'tokens.json');
     writeFileSync(tokensFile, JSON.stringify(tokens));
   }
-  ready({ url: running.gatewayUrl, token, tokensFile, backends: { db: running.ctx.db.kind, events: (await running.ctx.events()).kind } });
-  onTerm(() => running.close());
+
+  // What the gateway really did, counted on the server: the principals of the decision events that
+  // reached the event log (the message key is the principal id), not what the load generator meant
+  // to send. `GET <statsUrl>` returns and resets the count since the last read; the total runs
+  // until a read with `?reset-total`.
+  const log = await running.ctx.events();
+  const publish = log.publish.bind(log);
+  let sinceRead = new Set<string>();
+  let total = new Set<string>();
+  let decisions = 0;
+  log.publish = async (topic, messages) => {
+    await publish(topic, messages);
+    if (topic !== running.ctx.topics.decisions) return;
+    decisions += messages.length;
+    for (const message of messages) {
+      sinceRead.add(message.key);
+      total.add(message.key);
+    }
+  };
+  const stats = http.createServer((req, res) => {
+    const body = JSON.stringify({ decisions, distinctPrincipals: sinceRead.size, distinctTotal: total.size });
+    sinceRead = new Set();
+    decisions = 0;
+    if (req.url?.includes('reset-total')) total = new Set();
+    res.writeHead(200, { 'content-type': 'application/json' }).end(body);
+  });
+  await new Promise<void>((resolve) => stats.listen(0, '127.0.0.1', resolve));
+  const statsUrl = `http://127.0.0.1:${(stats.address() as AddressInfo).port}`;
+
+  ready({ url: running.gatewayUrl, token, tokensFile, statsUrl, backends: { db: running.ctx.db.kind, events: log.kind, spool: config.spool.enabled } });
+  onTerm(async () => {
+    stats.close();
+    await running.close();
+  });
 } else {
-  process.stderr.write('usage: servers.js upstream | bare <url> | gateway <url> [--discard-events] [--allow-all] [--spool] [--no-token-cache] [--principals N]\n');
+  process.stderr.write('usage: servers.js upstream | bare <url> | gateway <url> [--discard-events] [--allow-all] [--spool | --no-spool] [--no-token-cache] [--principals N] [--profile FILE]\n');
   process.exit(2);
 }

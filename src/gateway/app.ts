@@ -4,7 +4,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import { Readable } from 'node:stream';
 import type { CaracalConfig, UpstreamConfig, UpstreamDialect } from '../config/schema.js';
 import { CaracalError } from '../errors/catalog.js';
-import { buildEvent, EVENT_TYPES, type DecisionData } from '../events/cloudevents.js';
+import { buildDecisionEvent, type DecisionData } from '../events/cloudevents.js';
 import type { CloudEvent } from '../events/cloudevents.js';
 import type { EmergencyState } from '../authority/views/emergency.js';
 import type { AuthorityFacts } from '../authority/views/facts.js';
@@ -13,7 +13,7 @@ import type { IssuedMandate } from '../authority/tokens/mandates.js';
 import { TokenRejected, type VerifiedToken } from '../authority/tokens/tokens.js';
 import type { Authenticator, AuthResult } from './authenticate.js';
 import { clientErrorHandler, gatewayServerFactory, serverTimeouts } from './listener.js';
-import type { Logger } from '../logging/logger.js';
+import { lazyChildLogger, type Logger } from '../logging/logger.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
 import type { Decision, DecisionInput } from '../policy/engine.js';
 import { buildDecisionInput, type AllowlistChecker } from './decision-input.js';
@@ -22,10 +22,11 @@ import { installErrorHandling } from './errors.js';
 import { agentCredential, dialectErrorBody } from './dialects.js';
 import { agentResponseHeaders, upstreamRequestHeaders } from './forwarded-headers.js';
 import { assertDeclaredLength, BodyTooLarge, limitBody } from './body-limit.js';
-import { PrincipalLimiter, SourceLimiter } from './limits.js';
+import { PrincipalLimiter, SourceLimiter, type LimitLease } from './limits.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
 import { resourceAndAction, upstreamMethods, UpstreamTargetBuilder, type UpstreamTarget } from './request-target.js';
 import { mapUpstreamError } from './upstream-errors.js';
+import { MetricSeries } from './metric-series.js';
 import { registerDelegationRoute, resolveMandate } from './mandate-binding.js';
 
 export interface PolicyEvaluator {
@@ -50,7 +51,7 @@ export interface GatewayDeps {
   /** Issues a child of an already verified parent mandate (src/authority/tokens/mandates.ts rules). */
   delegate: (parent: VerifiedToken, args: { parentId: string; principalId: string; resources: string[]; actions: string[]; validitySeconds: number }) => Promise<IssuedMandate>;
   /** Verifies a Caracal mandate presented next to another credential (→ TokenRejected). */
-  verifyMandate: (token: string) => Promise<VerifiedToken>;
+  verifyMandate: (token: string) => VerifiedToken | Promise<VerifiedToken>;
   authenticator: Authenticator;
   /** Makes a decision event durable: the event log directly, or the local spool. */
   publisher: { publish(topic: string, key: string, event: CloudEvent): Promise<void> };
@@ -61,18 +62,26 @@ export interface GatewayDeps {
   source: string;
 }
 
-/** Per-request facts carried from the decision to the proxy and the response hooks. */
-interface RequestState {
-  started: bigint;
-  decisionId?: string;
-  upstream?: string;
-  dialect?: UpstreamDialect;
-  principalId?: string;
+/**
+ * Per-request facts carried from the decision to the proxy and the response hooks. A class so every
+ * request's state has one shape from the start (fields added later would change it per request).
+ */
+class RequestState {
+  decisionId: string | undefined = undefined;
+  upstream: string | undefined = undefined;
+  dialect: UpstreamDialect | undefined = undefined;
+  principalId: string | undefined = undefined;
   /** The one upstream URL of this request: judged, recorded and sent. */
-  target?: UpstreamTarget;
-  /** Frees the principal's concurrency slot; idempotent. */
-  release?: () => void;
+  target: UpstreamTarget | undefined = undefined;
+  /** The principal's concurrency slot, freed (once) when the request ends. */
+  lease: LimitLease | undefined = undefined;
+  constructor(readonly started: bigint) {}
+
+  release(): void {
+    this.lease?.release();
+  }
 }
+
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -96,6 +105,8 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
 
   const app = Fastify({
     loggerInstance: deps.logger.child({ component: 'gateway' }) as FastifyBaseLogger,
+    // Fastify's per-request child logger, made only when the request writes a line.
+    childLoggerFactory: (logger, bindings, options) => lazyChildLogger(logger as Logger, bindings, options) as FastifyBaseLogger,
     ...baseFastifyOptions(),
     ...serverTimeouts(config),
     bodyLimit,
@@ -104,27 +115,30 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
     routerOptions: { maxParamLength: 500 },
   });
 
+  // Callback hooks, not async ones: an async hook costs a promise and a microtask per request and
+  // these never wait for anything.
   app.decorateRequest('caracal', null as unknown as RequestState);
-  app.addHook('onRequest', async (request, reply) => {
-    request.caracal = { started: process.hrtime.bigint() };
+  app.addHook('onRequest', (request, reply, done) => {
+    request.caracal = new RequestState(process.hrtime.bigint());
     reply.header('x-request-id', request.id);
     metrics.inFlight.inc();
+    done();
   });
-  app.addHook('onRequestAbort', async (request) => {
-    request.caracal.release?.();
+  app.addHook('onRequestAbort', (request, done) => {
+    request.caracal.release();
     metrics.clientAborts.inc({ upstream: request.caracal.upstream ?? '' });
     access.info({ request_id: request.id, method: request.method, path: request.url.split('?', 1)[0]!.slice(0, 512), upstream: request.caracal.upstream ?? null, principal_id: request.caracal.principalId ?? null, decision_id: request.caracal.decisionId ?? null, duration_ms: elapsedMs(request.caracal.started) }, 'client aborted the request');
+    done();
   });
-  app.addHook('onResponse', async (request, reply) => {
+  const series = new MetricSeries(metrics);
+  app.addHook('onResponse', (request, reply, done) => {
     const state = request.caracal;
-    state.release?.();
+    state.release();
     metrics.inFlight.dec();
-    const route = request.routeOptions.url ?? 'not_found';
-    const upstream = state.upstream ?? '';
     const durationMs = elapsedMs(state.started);
-    metrics.requests.inc({ route, method: request.method, status: String(reply.statusCode), upstream });
-    metrics.duration.observe({ route, upstream }, durationMs / 1000);
-    if (config.gateway.accessLog) {
+    series.response(request.routeOptions.url ?? 'not_found', request.method, reply.statusCode, state.upstream ?? '', durationMs / 1000);
+    // The access line's fields are not even gathered when the line would be dropped.
+    if (config.gateway.accessLog && access.isLevelEnabled('info')) {
       access.info(
         {
           request_id: request.id,
@@ -139,6 +153,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         'request',
       );
     }
+    done();
   });
   installErrorHandling(app, deps.logger, { dialectOf: (request) => request.caracal?.dialect, notFound: false });
 
@@ -168,16 +183,30 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
 
   registerDelegationRoute(app, { ...deps, isClosing: () => closing });
 
-  async function recordDecision(request: FastifyRequest, data: Omit<DecisionData, 'request_id' | 'method' | 'path' | 'bundle_revision' | 'upstream_url'>): Promise<void> {
-    const event = buildEvent(EVENT_TYPES.decision, deps.source, data.principal_id ?? undefined, {
-      ...data,
+  function recordDecision(request: FastifyRequest, upstream: UpstreamConfig, resource: string, action: string, who: AuthResult | null, allow: boolean, reasons: string[], policyIds: string[], status: number): Promise<void> {
+    const state = request.caracal;
+    const data: DecisionData = {
+      decision_id: state.decisionId!,
       request_id: request.id,
+      principal_id: who?.principalId ?? null,
+      token_id: who?.tokenId ?? null,
+      upstream: upstream.name,
       method: request.method,
       path: request.url.slice(0, 2048),
-      upstream_url: request.caracal.target?.fullUrl ?? null,
+      upstream_url: state.target?.fullUrl ?? null,
+      resource,
+      action,
+      allow,
+      reasons,
+      policy_ids: policyIds,
       bundle_revision: deps.engine.current?.revision ?? null,
-    });
-    await deps.publisher.publish(deps.decisionsTopic, data.principal_id ?? 'anonymous', event);
+      status,
+    };
+    try {
+      return deps.publisher.publish(deps.decisionsTopic, data.principal_id ?? 'anonymous', buildDecisionEvent(deps.source, data));
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
   }
 
   /**
@@ -187,6 +216,14 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
    */
   function gate(upstream: UpstreamConfig) {
     const targets = new UpstreamTargetBuilder(upstream);
+    // The resource and action of each method, worked out once per upstream rather than per request.
+    const judged = new Map(upstreamMethods(upstream).map((method) => [method, resourceAndAction(upstream, method)]));
+    // A denial is answered even when it cannot be recorded; the failure is logged.
+    const recordDenial = (request: FastifyRequest, resource: string, action: string, who: AuthResult | null, reasons: string[], status: number) =>
+      recordDecision(request, upstream, resource, action, who, false, reasons, [], status).catch((publishErr) => request.log.error({ err: publishErr, reasons }, 'could not record a denial'));
+
+    // Each step that can answer at once (a cached token, facts already in memory) is not awaited:
+    // an await is a microtask turn even for a plain value, and these run on every request.
     return async function decide(request: FastifyRequest, reply: FastifyReply): Promise<void> {
       if (closing) throw new CaracalError('CARACAL_SHUTTING_DOWN');
       const state = request.caracal;
@@ -194,32 +231,18 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       state.dialect = upstream.dialect;
       state.decisionId = newId();
       reply.header('x-caracal-decision-id', state.decisionId);
-      const { resource, action } = resourceAndAction(upstream, request.method);
+      const { resource, action } = judged.get(request.method) ?? resourceAndAction(upstream, request.method);
       assertDeclaredLength(request.headers['content-length'], bodyLimit);
       const target = targets.build(request.raw.url ?? request.url);
       state.target = target;
-      const recordOutcome = (who: AuthResult | null, allow: boolean, reasons: string[], policyIds: string[], status: number) =>
-        recordDecision(request, {
-          decision_id: state.decisionId!,
-          principal_id: who?.principalId ?? null,
-          token_id: who?.tokenId ?? null,
-          upstream: upstream.name,
-          resource,
-          action,
-          allow,
-          reasons,
-          policy_ids: policyIds,
-          status,
-        });
-      // A denial is answered even when it cannot be recorded; the failure is logged.
-      const recordDenial = (who: AuthResult | null, reasons: string[], status: number) =>
-        recordOutcome(who, false, reasons, [], status).catch((publishErr) => request.log.error({ err: publishErr, reasons }, 'could not record a denial'));
 
       let verified: AuthResult;
       let mandate: VerifiedToken | null;
       try {
-        verified = await deps.authenticator.authenticate(request);
-        mandate = await resolveMandate(request, verified, deps);
+        const authenticated = deps.authenticator.authenticate(request);
+        verified = authenticated instanceof Promise ? await authenticated : authenticated;
+        const resolved = resolveMandate(request, verified, deps);
+        mandate = resolved instanceof Promise ? await resolved : resolved;
       } catch (err) {
         const failure = err instanceof TokenRejected ? err.failure : 'malformed';
         metrics.authFailures.inc({ reason: failure });
@@ -228,7 +251,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         const source = sourceLimiter.take(request.ip);
         const limited = source.ok ? null : rateLimited('unauthenticated_rate_limited', source.retryAfterSeconds);
         if (limited) metrics.limited.inc({ reason: 'unauthenticated_rate_limited' });
-        await recordDenial(null, limited ? [`token_${failure}`, 'unauthenticated_rate_limited'] : [`token_${failure}`], limited ? 429 : 401);
+        await recordDenial(request, resource, action, null, limited ? [`token_${failure}`, 'unauthenticated_rate_limited'] : [`token_${failure}`], limited ? 429 : 401);
         throw limited ?? err;
       }
       state.principalId = verified.principalId;
@@ -236,10 +259,10 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       const lease = principalLimiter.acquire(verified.principalId);
       if (!lease.ok) {
         metrics.limited.inc({ reason: lease.reason });
-        await recordDenial(verified, [lease.reason], 429);
+        await recordDenial(request, resource, action, verified, [lease.reason], 429);
         throw rateLimited(lease.reason, lease.retryAfterSeconds);
       }
-      state.release = () => lease.release();
+      state.lease = lease;
       // A client that went away while it was being authenticated has already passed onRequestAbort:
       // nothing would release this slot later.
       if (clientGone(request)) {
@@ -247,7 +270,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         throw new CaracalError('CARACAL_BAD_REQUEST', 'the client closed the connection', { reasons: ['client_aborted'] });
       }
 
-      const input = await buildDecisionInput(
+      const built = buildDecisionInput(
         deps,
         verified,
         mandate,
@@ -255,15 +278,15 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         target.url,
         Math.floor(Date.now() / 1000),
       );
+      const input = built instanceof Promise ? await built : built;
       input.limits = lease.facts;
       const engine = deps.engine.current;
       const evalStarted = process.hrtime.bigint();
       const decision = engine.evaluate(input);
-      metrics.policyEvalDuration.observe(Number(process.hrtime.bigint() - evalStarted) / 1e9);
-      metrics.policyEvaluations.inc({ outcome: decision.outcome, allow: String(decision.allow) });
+      series.evaluation(Number(process.hrtime.bigint() - evalStarted) / 1e9, decision.outcome, decision.allow);
 
       const status = decision.allow ? 200 : 403;
-      const record = recordOutcome(verified, decision.allow, decision.reasons, decision.policyIds, status);
+      const record = recordDecision(request, upstream, resource, action, verified, decision.allow, decision.reasons, decision.policyIds, status);
       if (!decision.allow) {
         // A denial is safe to return even if it could not be recorded; an allow is not.
         await record.catch((publishErr) => request.log.error({ err: publishErr }, 'could not record a denial'));

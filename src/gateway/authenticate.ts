@@ -16,11 +16,13 @@ export interface AuthResult {
 }
 
 /**
- * Turns a request into a principal or throws `TokenRejected` (→ 401). Implementations must never
- * trust a header the client could set for anything but the bearer credential itself.
+ * Turns a request into a principal or throws `TokenRejected` (→ 401), synchronously or through a
+ * rejected promise. Implementations must never trust a header the client could set for anything but
+ * the bearer credential itself. A credential already verified and cached is answered without a
+ * promise: on the hot path every await is a trip through the microtask queue.
  */
 export interface Authenticator {
-  authenticate(request: FastifyRequest): Promise<AuthResult>;
+  authenticate(request: FastifyRequest): AuthResult | Promise<AuthResult>;
 }
 
 /**
@@ -44,28 +46,40 @@ export class BearerAuthenticator implements Authenticator {
     private readonly metrics: GatewayMetrics,
   ) {}
 
-  async authenticate(request: FastifyRequest): Promise<AuthResult> {
+  authenticate(request: FastifyRequest): AuthResult | Promise<AuthResult> {
     const token = bearerToken(request);
     if (!token) throw new TokenRejected('missing', 'a bearer token is required');
-    const verified = await this.verifyToken(token);
-    return { principalId: verified.principalId, tokenId: verified.tokenId, method: 'caracal-token', token: verified };
+    const verified = this.verifyCached(token);
+    return verified instanceof Promise ? verified.then(asAuthResult) : asAuthResult(verified);
   }
 
   /** A Caracal token (access token or mandate), through the verified-token cache. */
   async verifyToken(token: string): Promise<VerifiedToken> {
-    const now = Math.floor(Date.now() / 1000);
-    let verified = this.cache.get(token, now);
-    // A cached verification lasts only while its signing key is trusted (key rotation).
-    if (verified && !this.verifier.keyTrusted(verified.kid, now)) {
-      throw new TokenRejected('bad_signature', 'the token was signed by a key that is no longer trusted');
-    }
-    if (verified) {
-      this.metrics.tokenCache.inc({ result: 'hit' });
-    } else {
-      this.metrics.tokenCache.inc({ result: 'miss' });
-      verified = await this.verifier.verify(token);
-      this.cache.set(token, verified);
-    }
-    return verified;
+    return this.verifyCached(token);
   }
+
+  /** `verifyToken`, synchronous (a return or a throw) when the token is in the cache. */
+  verifyCached(token: string): VerifiedToken | Promise<VerifiedToken> {
+    const now = Math.floor(Date.now() / 1000);
+    const verified = this.cache.get(token, now);
+    if (verified) {
+      // A cached verification lasts only while its signing key is trusted (key rotation).
+      if (!this.verifier.keyTrusted(verified.kid, now)) throw new TokenRejected('bad_signature', 'the token was signed by a key that is no longer trusted');
+      this.metrics.tokenCache.inc(HIT);
+      return verified;
+    }
+    this.metrics.tokenCache.inc(MISS);
+    return this.verifier.verify(token).then((fresh) => {
+      this.cache.set(token, fresh);
+      return fresh;
+    });
+  }
+}
+
+/** Label objects made once: prom-client reads them, never keeps or changes them. */
+export const HIT = { result: 'hit' } as const;
+export const MISS = { result: 'miss' } as const;
+
+function asAuthResult(verified: VerifiedToken): AuthResult {
+  return { principalId: verified.principalId, tokenId: verified.tokenId, method: 'caracal-token', token: verified };
 }

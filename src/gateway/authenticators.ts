@@ -8,7 +8,7 @@ import type { CaracalConfig, GatewayTlsSchema } from '../config/schema.js';
 import type { Logger } from '../logging/logger.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
 import type { Queryable } from '../store/db.js';
-import { bearerToken, type Authenticator, type AuthResult } from './authenticate.js';
+import { bearerToken, HIT, MISS, type Authenticator, type AuthResult } from './authenticate.js';
 
 type TlsConfig = z.infer<typeof GatewayTlsSchema>;
 
@@ -65,6 +65,10 @@ export function parseSubjectAltName(text: string | undefined): { type: string; v
   return out;
 }
 
+function externalResult(verified: ExternalVerifiedToken): AuthResult {
+  return { principalId: verified.principalId, tokenId: verified.tokenId, method: 'external-token', token: verified, issuer: verified.issuer };
+}
+
 const SAN_TYPE = { uri: 'URI', dns: 'DNS', email: 'email' } as const;
 
 export interface ChainAuthenticatorDeps {
@@ -119,7 +123,7 @@ export class ChainAuthenticator implements Authenticator {
     });
   }
 
-  async authenticate(request: FastifyRequest): Promise<AuthResult> {
+  authenticate(request: FastifyRequest): AuthResult | Promise<AuthResult> {
     const { mtls, external } = this.deps;
     if (mtls) {
       const socket = request.raw.socket as Partial<TLSSocket> | undefined;
@@ -133,17 +137,18 @@ export class ChainAuthenticator implements Authenticator {
     return this.deps.caracal.authenticate(request);
   }
 
-  private async fromExternalToken(token: string, external: ExternalTokenVerifier): Promise<AuthResult> {
+  private fromExternalToken(token: string, external: ExternalTokenVerifier): AuthResult | Promise<AuthResult> {
     const { cache, metrics } = this.deps;
-    let verified = cache.get(token, Math.floor(Date.now() / 1000)) as ExternalVerifiedToken | undefined;
-    if (verified && typeof verified.issuer === 'string') {
-      metrics.tokenCache.inc({ result: 'hit' });
-    } else {
-      metrics.tokenCache.inc({ result: 'miss' });
-      verified = await external.verify(token);
-      cache.set(token, verified);
+    const cached = cache.get(token, Math.floor(Date.now() / 1000)) as ExternalVerifiedToken | undefined;
+    if (cached && typeof cached.issuer === 'string') {
+      metrics.tokenCache.inc(HIT);
+      return externalResult(cached);
     }
-    return { principalId: verified.principalId, tokenId: verified.tokenId, method: 'external-token', token: verified, issuer: verified.issuer };
+    metrics.tokenCache.inc(MISS);
+    return external.verify(token).then((verified) => {
+      cache.set(token, verified);
+      return externalResult(verified);
+    });
   }
 
   private async fromCertificate(socket: TLSSocket, mtls: NonNullable<ChainAuthenticatorDeps['mtls']>): Promise<AuthResult> {

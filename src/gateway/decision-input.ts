@@ -61,16 +61,39 @@ export interface MandateFact {
  * Every ancestor's allowlist is checked as well as the caller's because delegation only narrows:
  * a delegator must not reach, through a delegate with a wider allowlist, a URL it may not call
  * itself. Each principal's check applies its own `allowlists.whenEmpty` rule.
+ *
+ * Without a mandate, and with the caller's facts and allowlist in memory (every request but a
+ * principal's first), the input is built without a promise.
  */
-export async function buildDecisionInput(
+export function buildDecisionInput(
   source: DecisionFacts,
   auth: AuthResult,
   mandate: VerifiedToken | null,
   request: RequestFact,
   url: string,
   now: number,
-): Promise<DecisionInput> {
-  const own = await factsOf(source.facts, auth.principalId);
+): DecisionInput | Promise<DecisionInput> {
+  const own = factsOf(source.facts, auth.principalId);
+  if (!mandate?.mandate && !(own instanceof Promise)) {
+    const allowlist = source.allowlist.check(auth.principalId, url);
+    const input = (checked: AllowlistFact) => decisionInput(source, own, own?.policies ?? [], null, [auth.principalId], request, checked, auth, now);
+    return allowlist instanceof Promise ? allowlist.then(input) : input(allowlist);
+  }
+  return withMandate({ source, auth, mandate, request, url, now }, own);
+}
+
+/** What `buildDecisionInput` was given, for its slow path. */
+interface InputSources {
+  source: DecisionFacts;
+  auth: AuthResult;
+  mandate: VerifiedToken | null;
+  request: RequestFact;
+  url: string;
+  now: number;
+}
+
+async function withMandate({ source, auth, mandate, request, url, now }: InputSources, ownFacts: PrincipalFacts | null | Promise<PrincipalFacts | null>): Promise<DecisionInput> {
+  const own = await ownFacts;
   const subjects = [auth.principalId];
   let policies = own?.policies ?? [];
   const allowlist = await source.allowlist.check(auth.principalId, url);
@@ -105,10 +128,24 @@ export async function buildDecisionInput(
       chain,
     };
   }
+  return decisionInput(source, own, policies, mandateFact, subjects, request, allowlist, auth, now);
+}
+
+function decisionInput(
+  source: DecisionFacts,
+  own: PrincipalFacts | null,
+  policies: PrincipalFacts['policies'],
+  mandate: MandateFact | null,
+  subjects: readonly string[],
+  request: RequestFact,
+  allowlist: AllowlistFact,
+  auth: AuthResult,
+  now: number,
+): DecisionInput {
   return {
     principal: own?.principal ?? null,
     policies,
-    mandate: mandateFact,
+    mandate,
     request,
     allowlist,
     emergency: source.emergency.flags(subjects),

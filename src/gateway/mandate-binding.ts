@@ -8,7 +8,7 @@ import type { Authenticator, AuthResult } from './authenticate.js';
 
 export interface MandateBindingDeps {
   /** Verifies a Caracal mandate presented next to another credential (→ TokenRejected). */
-  verifyMandate: (token: string) => Promise<VerifiedToken>;
+  verifyMandate: (token: string) => VerifiedToken | Promise<VerifiedToken>;
 }
 
 /** The reason on the 401 when a delegated mandate is presented as the bearer token. */
@@ -30,8 +30,10 @@ export const MANDATE_UNBOUND = 'mandate_unbound';
  *   credential the policy denies it (`mandate_subject_mismatch`).
  *
  * A mandate as the bearer together with another in the header is refused as ambiguous.
+ *
+ * Synchronous (a value or a throw) unless a mandate in the header has to be verified first.
  */
-export async function resolveMandate(request: FastifyRequest, verified: AuthResult, deps: MandateBindingDeps): Promise<VerifiedToken | null> {
+export function resolveMandate(request: FastifyRequest, verified: AuthResult, deps: MandateBindingDeps): VerifiedToken | null | Promise<VerifiedToken> {
   const header = request.headers['caracal-mandate'];
   const bearer = verified.token;
   if (bearer?.mandate) {
@@ -47,7 +49,11 @@ export async function resolveMandate(request: FastifyRequest, verified: AuthResu
   }
   if (header === undefined) return null;
   if (typeof header !== 'string') throw new TokenRejected('malformed', 'more than one caracal-mandate header');
-  const mandate = await deps.verifyMandate(header);
+  const mandate = deps.verifyMandate(header);
+  return mandate instanceof Promise ? mandate.then(heldMandate) : heldMandate(mandate);
+}
+
+function heldMandate(mandate: VerifiedToken): VerifiedToken {
   if (!mandate.mandate) throw new TokenRejected('bad_claims', 'the caracal-mandate header does not hold a mandate');
   return mandate;
 }

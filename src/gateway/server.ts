@@ -125,7 +125,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     revocations,
     emergency,
     allowlist,
-    verifyMandate: (token) => bearer.verifyToken(token),
+    verifyMandate: (token) => bearer.verifyCached(token),
     delegate: async (parent, args) => delegateMandate(ctx.db, ring.current, ctx.tokenSettings, parent, args),
     authenticator: ChainAuthenticator.fromConfig({
       config,

@@ -5,6 +5,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { z } from 'zod';
 import {
+  buildDecisionEvent,
   buildEvent,
   DecisionDataSchema,
   DlqDataSchema,
@@ -566,5 +567,51 @@ describe('event JSON Schemas (schemas/events)', () => {
     ])('rejects %s', (_name, data) => {
       expect(accepts(data)).toBe(false);
     });
+  });
+});
+
+describe('buildDecisionEvent (the gateway’s hand-checked builder) agrees with DecisionDataSchema', () => {
+  const text = fc.oneof(fc.string(), fc.constant(''));
+  const anyValue = fc.oneof(fc.string(), fc.constant(null), fc.constant(undefined), fc.integer(), fc.double(), fc.boolean(), fc.array(fc.oneof(fc.string(), fc.integer())), fc.object());
+  /** Each field mostly well-typed, sometimes anything: both acceptances and refusals are exercised. */
+  const field = <T>(good: fc.Arbitrary<T>) => fc.oneof({ arbitrary: good, weight: 6 }, { arbitrary: anyValue, weight: 1 });
+  const textOrNull = fc.oneof(text, fc.constant(null));
+  const data = fc.record({
+    decision_id: field(text),
+    request_id: field(text),
+    principal_id: field(textOrNull),
+    token_id: field(textOrNull),
+    upstream: field(textOrNull),
+    method: field(text),
+    path: field(text),
+    upstream_url: field(fc.oneof(textOrNull, fc.constant(undefined))),
+    resource: field(textOrNull),
+    action: field(textOrNull),
+    allow: field(fc.boolean()),
+    reasons: field(fc.array(fc.string())),
+    policy_ids: field(fc.array(fc.string())),
+    bundle_revision: field(textOrNull),
+    status: field(fc.integer({ min: 100, max: 599 })),
+  });
+
+  it('throws exactly when the schema refuses, and what it builds parses back to the same data', () => {
+    fc.assert(
+      fc.property(data, (raw) => {
+        const expected = DecisionDataSchema.safeParse(raw);
+        let built: ReturnType<typeof buildDecisionEvent> | undefined;
+        try {
+          built = buildDecisionEvent('test', raw as DecisionData);
+        } catch {
+          built = undefined;
+        }
+        expect(built !== undefined).toBe(expected.success);
+        if (built && expected.success) {
+          const parsed = parseEvent(JSON.stringify(built));
+          expect(parsed.data).toEqual(expected.data);
+          expect(Object.keys(parsed.data as object)).toEqual(Object.keys(built.data));
+        }
+      }),
+      { numRuns: 2_000, seed: 20261202 },
+    );
   });
 });
