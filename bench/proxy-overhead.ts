@@ -22,6 +22,9 @@
  * machine it moves much less than throughput, and its ratio to a's is the throughput ratio the peer
  * would reach if CPU were all that limited both.
  *
+ * After the rounds, each peer runs once more at a fixed offered load of half a's req/s and the
+ * added p50/p99 against a at that rate are printed (BENCH_HALF_LOAD=0 skips it).
+ *
  * Env: BENCH_SECONDS (default 8), BENCH_ROUNDS (3), BENCH_CONNECTIONS (50), BENCH_PEERS (letters to
  * run, e.g. `b,w,d`; a always runs: it is the reference), BENCH_BASELINE (the servers.js of
  * another build: each gateway peer also runs from it, marked `~`, in the same rounds — before/after
@@ -122,7 +125,7 @@ async function serverStats(started: Started, resetTotal = false): Promise<Server
 }
 
 /** `amount` instead of a duration: exactly that many requests (the many-principals warm-up). */
-async function load(started: Started, run: { duration: number } | { amount: number }): Promise<Sample> {
+async function load(started: Started, run: { duration: number; overallRate?: number } | { amount: number }): Promise<Sample> {
   const { url, token } = started.info;
   const { tokens } = started;
   const cpuBefore = cpuSeconds(started.child.pid);
@@ -263,6 +266,24 @@ try {
     console.log(
       `${r.name.padEnd(60)} ${r.rps.toFixed(0).padStart(9)} ${r.p50.toFixed(1).padStart(7)} ${r.p99.toFixed(1).padStart(7)} ${String(r.errors).padStart(7)} ${String(r.non2xx).padStart(8)} ${String(r.principals ?? '-').padStart(10)} ${(r.rps / bare.rps).toFixed(2).padStart(6)} ${(r.cpuUs?.toFixed(0) ?? '-').padStart(10)} ${cpuRatio.padStart(9)}`,
     );
+  }
+  // Added latency at a fixed offered load of half the bare proxy's req/s (BENCH_HALF_LOAD=0 skips
+  // it): throughput ratios say how far each peer can go, this says what a request pays below
+  // saturation. A peer that cannot keep up with the rate shows it in its achieved req/s.
+  if (process.env.BENCH_HALF_LOAD !== '0') {
+    const rate = Math.max(1, Math.round(bare.rps / 2));
+    const fixed = [];
+    for (const peer of peers) fixed.push({ name: peer.name, ...(await load(peer.started, { duration: seconds, overallRate: rate })) });
+    const reference = fixed[0]!;
+    console.log(`
+at a fixed ${rate} req/s offered (half of a's median), ${seconds} s each:
+`);
+    console.log(`${'peer'.padEnd(60)} ${'req/s'.padStart(9)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)} ${'added p50'.padStart(10)} ${'added p99'.padStart(10)}`);
+    for (const r of fixed) {
+      console.log(
+        `${r.name.padEnd(60)} ${r.rps.toFixed(0).padStart(9)} ${r.p50.toFixed(1).padStart(7)} ${r.p99.toFixed(1).padStart(7)} ${(r.p50 - reference.p50).toFixed(1).padStart(10)} ${(r.p99 - reference.p99).toFixed(1).padStart(10)}`,
+      );
+    }
   }
   for (const peer of peers) {
     if (!peer.started.tokens) continue;
