@@ -37,6 +37,8 @@ export interface PolicyEvaluator {
 export interface ReadinessCheck {
   name: string;
   check: () => Promise<void>;
+  /** Reported in /ready's body but does not make the gateway unready (a dependency it can serve without). */
+  advisory?: boolean;
 }
 
 export interface GatewayDeps {
@@ -159,20 +161,21 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
 
   app.get('/health', async () => ({ status: 'ok' }));
   app.get('/ready', async (_request, reply) => {
-    const checks: Record<string, { ok: boolean; latency_ms: number; error?: string }> = {};
+    const checks: Record<string, { ok: boolean; latency_ms: number; error?: string; advisory?: true }> = {};
     await Promise.all(
-      deps.readiness.map(async ({ name, check }) => {
+      deps.readiness.map(async ({ name, check, advisory }) => {
         const started = performance.now();
+        const note = advisory ? { advisory: true as const } : {};
         try {
           await withTimeout(check(), 2_000);
-          checks[name] = { ok: true, latency_ms: Math.round(performance.now() - started) };
+          checks[name] = { ok: true, latency_ms: Math.round(performance.now() - started), ...note };
         } catch (err) {
-          checks[name] = { ok: false, latency_ms: Math.round(performance.now() - started), error: (err as Error).message.split('\n')[0]! };
+          checks[name] = { ok: false, latency_ms: Math.round(performance.now() - started), error: (err as Error).message.split('\n')[0]!, ...note };
         }
       }),
     );
     checks.policy = policyCheck(deps.engine.current);
-    const ready = !closing && Object.values(checks).every((c) => c.ok);
+    const ready = !closing && Object.values(checks).every((c) => c.ok || c.advisory === true);
     reply.code(ready ? 200 : 503);
     return { status: ready ? 'ready' : closing ? 'shutting_down' : 'not_ready', bundle_revision: deps.engine.current?.revision ?? null, checks };
   });

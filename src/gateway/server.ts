@@ -20,6 +20,7 @@ import { eventMessage } from '../events/publisher.js';
 import type { Logger } from '../logging/logger.js';
 import { Spool } from '../spool/spool.js';
 import { sleep } from '../util/retry.js';
+import { CaracalError } from '../errors/catalog.js';
 import { DEFAULT_BUNDLE } from '../paths.js';
 import { PolicyEngine } from '../policy/engine.js';
 import { HomeLock, newAdminToken } from '../store/home.js';
@@ -53,19 +54,19 @@ export interface AssembleOptions {
 export async function assembleGateway(ctx: AppContext, options: AssembleOptions = {}): Promise<AssembledGateway> {
   const { config } = ctx;
   const log = ctx.logger.child({ component: 'gateway' });
-  const events = await ctx.events();
-  if (options.prepare ?? true) {
-    await migrateUp(ctx.db);
-    await events.createTopics(topicSpecs(config));
-  }
+  const prepare = options.prepare ?? true;
+  // With the spool, decisions do not need the event log to be up: a gateway (re)started while the
+  // broker is down serves from its spool and attaches to the log when it is back.
+  let events: EventLog | null = await openEventLog(ctx, config.spool.enabled, log);
+  if (prepare) await migrateUp(ctx.db);
   const engine = { current: options.engine ?? ((await PolicyEngine.fromBundleFile(config.policy.bundlePath ?? DEFAULT_BUNDLE)) as PolicyEvaluator) };
   const metrics = options.metrics ?? new GatewayMetrics();
   metrics.bundleInfo.set({ revision: engine.current.revision }, 1);
   const ring = await ctx.keyRing();
   const facts = new AuthorityFacts(ctx.db, ctx.logger);
   const tokenCache = new VerifiedTokenCache(config.auth.verifiedTokenCacheSize);
-  const publisher = await ctx.publisher((topic, size, ok) => metrics.eventsPublished.inc({ topic, result: ok ? 'ok' : 'error' }, size));
-  const spooled = config.spool.enabled ? await openSpool(ctx, events, metrics, log) : null;
+  const spooled = config.spool.enabled ? await openSpool(ctx, metrics, log) : null;
+  const publisher = spooled ? null : await ctx.publisher((topic, size, ok) => metrics.eventsPublished.inc({ topic, result: ok ? 'ok' : 'error' }, size));
   const cache = await ctx.cache();
   const revocations = new RevocationSet();
   const emergency = new EmergencyState();
@@ -82,7 +83,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
 
   // Changes to principals, policies, mandates, allowlists and emergency stops reach this gateway
   // through agent.lifecycle.
-  const subscription: Subscription = await events.subscribe({
+  const subscribeLifecycle = (log_: EventLog): Promise<Subscription> => log_.subscribe({
     groupId: `caracal-gateway-${ctx.instanceId}`,
     topics: [ctx.topics.lifecycle],
     fromBeginning: false,
@@ -117,6 +118,34 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     },
   });
 
+  /** Everything that needs the event log: topics, the spool's shipper, the lifecycle subscription. */
+  let subscription: Subscription | null = null;
+  const attach = async (connected: EventLog) => {
+    if (prepare) await connected.createTopics(topicSpecs(config));
+    subscription = await subscribeLifecycle(connected);
+    spooled?.ship(connected);
+  };
+  const attaching = new AbortController();
+  if (events) await attach(events);
+  else {
+    // Until the log answers: decisions are durable in the spool, revocations and emergency stops
+    // come from the database catch-up above, and /ready reports the log as advisory.
+    void (async () => {
+      for (let attempt = 1; !attaching.signal.aborted; attempt++) {
+        try {
+          await sleep(Math.min(5_000, 250 * attempt), attaching.signal);
+          const connected = await ctx.events();
+          await attach(connected);
+          events = connected;
+          log.info({ attempt }, 'event log reachable: shipping the spool and following agent.lifecycle');
+          return;
+        } catch (err) {
+          if (!attaching.signal.aborted) log.warn({ err, attempt }, 'event log still unreachable; decisions stay in the spool');
+        }
+      }
+    })();
+  }
+
   const gateway = await buildGatewayApp({
     config,
     logger: ctx.logger,
@@ -135,12 +164,13 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
       cache: tokenCache,
       metrics,
     }),
-    publisher: spooled?.recorder ?? publisher,
+    publisher: spooled?.recorder ?? publisher!,
     decisionsTopic: ctx.topics.decisions,
     metrics,
     readiness: [
       { name: 'database', check: () => ctx.db.ping() },
-      { name: 'events', check: () => events.ping() },
+      // With the spool the log is not needed to serve (the spool check bounds how far it may fall behind).
+      { name: 'events', check: () => (events ? events.ping() : Promise.reject(new Error('event log not reachable since start'))), advisory: Boolean(spooled) },
       { name: 'cache', check: () => cache.ping() },
       ...(spooled ? [{ name: 'spool', check: async () => spooled.check() }] : []),
     ],
@@ -155,7 +185,8 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     engine,
     stop: async () => {
       clearInterval(catchUp);
-      await subscription.stop();
+      attaching.abort();
+      await (subscription as Subscription | null)?.stop();
       await spooled?.close();
     },
   };
@@ -168,7 +199,18 @@ const SPOOL_DRAIN_MS = 5_000;
  * The local spool in front of the event log: each decision is durable on this gateway's disk
  * (group commit) before the request goes on, and a shipper moves it to the log in the background.
  */
-async function openSpool(ctx: AppContext, events: EventLog, metrics: GatewayMetrics, log: Logger) {
+/** The event log; with the spool on, an unreachable log is not fatal (null: attach later). */
+async function openEventLog(ctx: AppContext, spoolOn: boolean, log: Logger): Promise<EventLog | null> {
+  try {
+    return await ctx.events();
+  } catch (err) {
+    if (!spoolOn || !(err instanceof CaracalError) || err.code !== 'CARACAL_DEPENDENCY') throw err;
+    log.warn({ err }, 'event log unreachable at start; serving from the spool and retrying in the background');
+    return null;
+  }
+}
+
+async function openSpool(ctx: AppContext, metrics: GatewayMetrics, log: Logger) {
   const { spool: settings, home } = ctx.config;
   // The flush observer exists once the gauges are registered on the opened spool; flushes before that (none: the spool is idle until the first request) are not observed.
   const flushes: { observe?: (seconds: number, records: number) => void } = {};
@@ -180,12 +222,13 @@ async function openSpool(ctx: AppContext, events: EventLog, metrics: GatewayMetr
   });
   const opened = spool.stats();
   if (opened.unshippedRecords > 0 || opened.tornRecords > 0) log.info({ unshipped: opened.unshippedRecords, torn: opened.tornRecords }, 'spool has events from before; shipping them first');
-  spool.startShipping(events, {
-    batchSize: settings.shipBatch,
-    onError: (err, attempt) => log.warn({ err, attempt }, 'spool could not ship to the event log; retrying'),
-  });
   flushes.observe = registerSpoolMetrics(metrics, spool);
   return {
+    ship: (events: EventLog) =>
+      spool.startShipping(events, {
+        batchSize: settings.shipBatch,
+        onError: (err, attempt) => log.warn({ err, attempt }, 'spool could not ship to the event log; retrying'),
+      }),
     recorder: {
       publish: (topic: string, key: string, event: CloudEvent) => {
         const { value, headers } = eventMessage(key, event);
