@@ -8,7 +8,9 @@ import { registerAuditCommands } from './commands/audit.js';
 import { registerConsumerCommands } from './commands/consumers.js';
 import { registerDbCommands } from './commands/db.js';
 import { registerKafkaCommands } from './commands/kafka.js';
+import { registerLedgerCommands } from './commands/ledger.js';
 import { registerMandateCommands } from './commands/mandate.js';
+import { registerMerkleCommands } from './commands/merkle.js';
 import { registerPartitionCommands } from './commands/partitions.js';
 import { registerPolicyCommands } from './commands/policy.js';
 import { registerServeCommands } from './commands/serve.js';
@@ -41,6 +43,8 @@ export function buildProgram(runtime: () => CliRuntime, err: (text: string) => v
   registerAuditCommands(program, runtime);
   registerMandateCommands(program, runtime);
   registerBundleCommands(program, runtime);
+  registerLedgerCommands(program, runtime);
+  registerMerkleCommands(program, runtime);
   // Subcommands inherit the strict behaviour: unknown flags and extra arguments are errors.
   const harden = (command: Command) => {
     command.exitOverride().allowExcessArguments(false).configureOutput({ outputError: (text) => err(`caracal: ${text.replace(/^error: /, '').trimEnd()}\n`) });

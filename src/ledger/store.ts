@@ -536,3 +536,90 @@ export function proveInclusion(db: Queryable, origin: string, index: number, tre
 export function proveConsistency(db: Queryable, origin: string, oldSize: number, newSize: number): Promise<Buffer[]> {
   return consistencyProof(oldSize, newSize, new SqlHashReader(db, origin));
 }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Reading for the commands (verification, queries, export)
+
+/** The newest checkpoint smaller than `treeSize`, or null when there is none (the batch then starts at leaf 0). */
+export async function previousCheckpoint(db: Queryable, origin: string, treeSize: number): Promise<StoredCheckpoint | null> {
+  const { rows } = await db.query<CheckpointRow>(
+    'SELECT origin, tree_size, root, note, signed_at FROM ledger_checkpoints WHERE origin = $1 AND tree_size < $2 ORDER BY tree_size DESC LIMIT 1',
+    [origin, treeSize],
+  );
+  return rows[0] ? toCheckpoint(rows[0]) : null;
+}
+
+/** The first checkpoint that covers leaf `leafIndex` (the smallest size above it), or null while it is unsealed. */
+export async function coveringCheckpoint(db: Queryable, origin: string, leafIndex: number): Promise<StoredCheckpoint | null> {
+  const { rows } = await db.query<CheckpointRow>(
+    'SELECT origin, tree_size, root, note, signed_at FROM ledger_checkpoints WHERE origin = $1 AND tree_size > $2 ORDER BY tree_size LIMIT 1',
+    [origin, leafIndex],
+  );
+  return rows[0] ? toCheckpoint(rows[0]) : null;
+}
+
+/** Checkpoints signed in [start, end], in size order, at most `limit`. */
+export async function checkpointsSignedBetween(db: Queryable, origin: string, start: Date, end: Date, limit = 1_000_000): Promise<StoredCheckpoint[]> {
+  const { rows } = await db.query<CheckpointRow>(
+    'SELECT origin, tree_size, root, note, signed_at FROM ledger_checkpoints WHERE origin = $1 AND signed_at >= $2 AND signed_at <= $3 ORDER BY tree_size LIMIT $4',
+    [origin, start.toISOString(), end.toISOString(), limit],
+  );
+  return rows.map(toCheckpoint);
+}
+
+/** Checkpoints with sizes in [fromSize, toSize], in size order. */
+export async function checkpointsBetweenSizes(db: Queryable, origin: string, fromSize: number, toSize: number): Promise<StoredCheckpoint[]> {
+  const { rows } = await db.query<CheckpointRow>(
+    'SELECT origin, tree_size, root, note, signed_at FROM ledger_checkpoints WHERE origin = $1 AND tree_size >= $2 AND tree_size <= $3 ORDER BY tree_size',
+    [origin, fromSize, toSize],
+  );
+  return rows.map(toCheckpoint);
+}
+
+/** Leaves whose event time is in [start, end), optionally of one subject, in index order, at most `limit`. */
+export async function readEntriesByTime(
+  db: Queryable,
+  origin: string,
+  options: { start: Date; end: Date; subject?: string; limit?: number },
+): Promise<LedgerEntry[]> {
+  const params: unknown[] = [origin, options.start.toISOString(), options.end.toISOString(), options.limit ?? 10_000];
+  let where = 'origin = $1 AND occurred_at >= $2 AND occurred_at < $3';
+  if (options.subject !== undefined) {
+    params.push(options.subject);
+    where += ` AND subject = $${params.length}`;
+  }
+  const { rows } = await db.query<EntryRow>(`SELECT ${ENTRY_COLUMNS} FROM ledger_entries WHERE ${where} ORDER BY leaf_index LIMIT $4`, params);
+  return rows.map(toEntry);
+}
+
+/** Leaves stored at an index at or beyond `treeSize` (which no tree of that size has), at most `limit`. */
+export async function entriesBeyond(db: Queryable, origin: string, treeSize: number, limit = 1): Promise<LedgerEntry[]> {
+  const { rows } = await db.query<EntryRow>(`SELECT ${ENTRY_COLUMNS} FROM ledger_entries WHERE origin = $1 AND leaf_index >= $2 ORDER BY leaf_index LIMIT $3`, [
+    origin,
+    treeSize,
+    limit,
+  ]);
+  return rows.map(toEntry);
+}
+
+/** Counts for `ledger summary`: checkpoints, the newest one's time and age (database clock), leaves per event type. */
+export async function ledgerCounts(
+  db: Queryable,
+  origin: string,
+): Promise<{ checkpoints: number; lastSignedAt: string | null; lastAgeSeconds: number | null; types: { eventType: string; count: number }[] }> {
+  const { rows: cps } = await db.query<{ n: string | number; last: Date | string | null; age: number | null }>(
+    'SELECT count(*) AS n, max(signed_at) AS last, EXTRACT(EPOCH FROM (now() - max(signed_at)))::float8 AS age FROM ledger_checkpoints WHERE origin = $1',
+    [origin],
+  );
+  const { rows: types } = await db.query<{ event_type: string; n: string | number }>(
+    'SELECT event_type, count(*) AS n FROM ledger_entries WHERE origin = $1 GROUP BY event_type ORDER BY event_type',
+    [origin],
+  );
+  const row = cps[0]!;
+  return {
+    checkpoints: Number(row.n),
+    lastSignedAt: row.last === null ? null : iso(row.last),
+    lastAgeSeconds: row.age === null ? null : Math.max(0, Number(row.age)),
+    types: types.map((t) => ({ eventType: t.event_type, count: Number(t.n) })),
+  };
+}

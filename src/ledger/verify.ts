@@ -1,0 +1,297 @@
+// Verification of the stored ledger, for `caracal merkle verify-batch|verify-range|verify-event`: every leaf hash is
+// recomputed from the stored canonical bytes, every root from those leaf hashes, every stored subtree hash is checked
+// against the recomputation, every checkpoint signature against the verifier key, and consecutive checkpoints are
+// proven consistent. See README.md ("Commands").
+import type { Queryable } from '../store/db.js';
+import { canonicalBytes } from './canonical.js';
+import { decodeUtf8Strict } from './encoding.js';
+import { isLedgerError } from './errors.js';
+import { HASH_SIZE, leafHash, MerkleFrontier, verifyConsistency, verifyInclusion, type StoredNode } from './merkle.js';
+import { openCheckpoint, type NoteVerifier } from './note.js';
+import {
+  checkpointsBetweenSizes,
+  checkpointsSignedBetween,
+  coveringCheckpoint,
+  entriesBeyond,
+  findEntry,
+  freezeLedger,
+  previousCheckpoint,
+  proveConsistency,
+  proveInclusion,
+  readCheckpoint,
+  readEntries,
+  readSequencer,
+  SqlHashReader,
+  type LedgerEntry,
+  type StoredCheckpoint,
+} from './store.js';
+
+/**
+ * The stored ledger does not verify. `subject` names the first bad thing found: `leaf <i> (event <id>)`,
+ * `checkpoint <size>` or `node <level>/<index>`; the message is one line. Unlike a usage error (unknown batch, an
+ * event not sealed yet), this is evidence of tampering or corruption: the commands count it and freeze the ledger.
+ */
+export class LedgerCheckFailure extends Error {
+  override readonly name = 'LedgerCheckFailure';
+  readonly code = 'LEDGER_VERIFICATION_FAILED';
+
+  constructor(
+    readonly subject: string,
+    readonly reason: string,
+  ) {
+    super(`verification failed: ${subject}: ${reason}`);
+  }
+}
+
+/** A request the ledger cannot answer (unknown batch or event, nothing sealed): not a verification failure. */
+export class LedgerLookupError extends Error {
+  override readonly name = 'LedgerLookupError';
+  readonly code = 'LEDGER_NOT_FOUND';
+}
+
+export interface VerifyOptions {
+  db: Queryable;
+  origin: string;
+  verifier: NoteVerifier;
+  /** Called at most about once a second on long runs: leaves checked so far, of `total`. */
+  onProgress?: (done: number, total: number) => void;
+  /** Leaves read per query (default 2,000). */
+  pageSize?: number;
+}
+
+export interface RunResult {
+  /** Checkpoints verified (the batches), in size order. */
+  checkpoints: { size: number; signedAt: string }[];
+  /** The checkpoint the run started from (its signature and its root from the stored hashes verified), or 0. */
+  fromSize: number;
+  toSize: number;
+  leaves: number;
+  consistencyProofs: number;
+}
+
+const leafName = (index: number, eventId?: string) => (eventId === undefined ? `leaf ${index}` : `leaf ${index} (event ${eventId})`);
+const reasonOf = (err: unknown) => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+
+/** Opens a stored checkpoint with the verifier and checks that its signed size and root are the stored ones. */
+export function checkStoredCheckpoint(stored: StoredCheckpoint, origin: string, verifier: NoteVerifier): { size: number; root: Buffer } {
+  let checkpoint;
+  try {
+    ({ checkpoint } = openCheckpoint(stored.note, origin, [verifier]));
+  } catch (err) {
+    throw new LedgerCheckFailure(`checkpoint ${stored.treeSize}`, `the signed note does not verify: ${reasonOf(err)}`);
+  }
+  if (checkpoint.size !== stored.treeSize) throw new LedgerCheckFailure(`checkpoint ${stored.treeSize}`, `the signed note is for size ${checkpoint.size}`);
+  if (!checkpoint.rootHash.equals(stored.root)) throw new LedgerCheckFailure(`checkpoint ${stored.treeSize}`, 'the stored root is not the signed root');
+  return { size: checkpoint.size, root: checkpoint.rootHash };
+}
+
+/**
+ * The leaf hash of a stored entry, recomputed from its canonical bytes, after checking that those bytes are the
+ * RFC 8785 form of themselves, that they carry the entry's event id and type, and that the stored leaf hash is theirs.
+ */
+export function checkEntry(entry: LedgerEntry): Buffer {
+  const name = leafName(entry.leafIndex, entry.eventId);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(decodeUtf8Strict(entry.canonical, 'the canonical bytes', 'NOT_CANONICAL'));
+  } catch (err) {
+    throw new LedgerCheckFailure(name, `the stored canonical bytes are not JSON: ${reasonOf(err)}`);
+  }
+  let again: Buffer;
+  try {
+    again = canonicalBytes(parsed);
+  } catch (err) {
+    throw new LedgerCheckFailure(name, `the stored canonical bytes have no RFC 8785 form: ${reasonOf(err)}`);
+  }
+  if (!again.equals(entry.canonical)) throw new LedgerCheckFailure(name, 'the stored canonical bytes are not RFC 8785 canonical JSON');
+  const event = parsed as { id?: unknown; type?: unknown } | null;
+  if (typeof event !== 'object' || event === null || event.id !== entry.eventId || event.type !== entry.eventType) {
+    throw new LedgerCheckFailure(name, 'the stored event id or type is not the one in the canonical bytes');
+  }
+  const hash = leafHash(entry.canonical);
+  if (!hash.equals(entry.leafHash)) throw new LedgerCheckFailure(name, 'the canonical bytes do not hash to the stored leaf hash');
+  return hash;
+}
+
+/**
+ * Verifies the consecutive checkpoints `checkpoints` (size order, none skipped) starting from `base` (the checkpoint
+ * just before the first, or null for leaf 0). The base's signature is checked and its signed root must equal the
+ * root of the stored hashes of its frontier (so those ≤ log2 n hashes are authenticated by the signature); then every
+ * leaf up to the last checkpoint is read in order, checked (checkEntry), appended to the frontier, and every complete
+ * subtree hash this recomputation creates is compared with the stored one. At each checkpoint the recomputed root must
+ * be the signed one, and the consistency proof from the previous checkpoint, built from the stored hashes as a client
+ * would get it, must verify. Throws LedgerCheckFailure at the first problem.
+ */
+export async function verifyCheckpointRun(options: VerifyOptions, base: StoredCheckpoint | null, checkpoints: readonly StoredCheckpoint[]): Promise<RunResult> {
+  const { db, origin, verifier } = options;
+  const pageSize = options.pageSize ?? 2_000;
+  const reader = new SqlHashReader(db, origin);
+  let previous = base ? checkStoredCheckpoint(base, origin, verifier) : null;
+  let frontier = MerkleFrontier.empty();
+  if (previous) {
+    try {
+      frontier = await MerkleFrontier.load(previous.size, reader);
+    } catch (err) {
+      throw new LedgerCheckFailure(`checkpoint ${previous.size}`, `cannot read the stored hashes of its tree: ${reasonOf(err)}`);
+    }
+    if (!frontier.root().equals(previous.root)) throw new LedgerCheckFailure(`checkpoint ${previous.size}`, 'the stored hashes do not give its signed root');
+  }
+  const fromSize = frontier.size;
+  const last = checkpoints.at(-1);
+  const toSize = last ? last.treeSize : fromSize;
+  const total = toSize - fromSize;
+  let consistencyProofs = 0;
+  let lastProgress = Date.now();
+  let next = 0; // the next checkpoint to reach
+  while (next < checkpoints.length) {
+    const target = checkpoints[next]!;
+    if (target.treeSize <= frontier.size) throw new LedgerCheckFailure(`checkpoint ${target.treeSize}`, `checkpoints are not in increasing size order after ${frontier.size}`);
+    const signed = checkStoredCheckpoint(target, origin, verifier);
+    while (frontier.size < signed.size) {
+      const want = Math.min(pageSize, signed.size - frontier.size);
+      const page = await readEntries(db, origin, { fromIndex: frontier.size, limit: want });
+      const created: { node: StoredNode; entry: LedgerEntry }[] = [];
+      for (const entry of page) {
+        if (entry.leafIndex !== frontier.size) throw new LedgerCheckFailure(leafName(frontier.size), `missing (the next stored leaf is ${entry.leafIndex}, event ${entry.eventId})`);
+        for (const node of frontier.append(checkEntry(entry))) created.push({ node, entry });
+      }
+      if (page.length < want) throw new LedgerCheckFailure(leafName(frontier.size), `missing (checkpoint ${signed.size} covers it)`);
+      await compareStoredHashes(db, origin, created);
+      if (options.onProgress && Date.now() - lastProgress >= 1_000) {
+        lastProgress = Date.now();
+        options.onProgress(frontier.size - fromSize, total);
+      }
+    }
+    if (!frontier.root().equals(signed.root)) {
+      throw new LedgerCheckFailure(`checkpoint ${signed.size}`, 'the root recomputed from the leaves is not the signed root');
+    }
+    if (previous && previous.size > 0) {
+      try {
+        const proof = await proveConsistency(db, origin, previous.size, signed.size);
+        verifyConsistency(previous.size, signed.size, proof, previous.root, signed.root);
+      } catch (err) {
+        throw new LedgerCheckFailure(`checkpoint ${signed.size}`, `not provably consistent with checkpoint ${previous.size}: ${reasonOf(err)}`);
+      }
+      consistencyProofs++;
+    }
+    previous = signed;
+    next++;
+  }
+  return {
+    checkpoints: checkpoints.map((c) => ({ size: c.treeSize, signedAt: c.signedAt })),
+    fromSize,
+    toSize,
+    leaves: total,
+    consistencyProofs,
+  };
+}
+
+/** Compares the recomputed subtree hashes with the stored ones (one query per 1,000 nodes). */
+async function compareStoredHashes(db: Queryable, origin: string, created: readonly { node: StoredNode; entry: LedgerEntry }[]): Promise<void> {
+  const reader = new SqlHashReader(db, origin);
+  for (let at = 0; at < created.length; at += 1_000) {
+    const chunk = created.slice(at, at + 1_000);
+    let stored: Buffer[];
+    try {
+      stored = await reader.readHashes(chunk.map(({ node }) => node));
+    } catch (err) {
+      if (!isLedgerError(err)) throw err;
+      // Name the first node that is missing.
+      for (const { node, entry } of chunk) {
+        try {
+          await reader.readHashes([node]);
+        } catch {
+          throw new LedgerCheckFailure(nodeName(node, entry), 'its hash is not stored');
+        }
+      }
+      throw new LedgerCheckFailure('ledger hashes', reasonOf(err));
+    }
+    chunk.forEach(({ node, entry }, n) => {
+      const hash = stored[n]!;
+      if (hash.length !== HASH_SIZE || !hash.equals(node.hash)) throw new LedgerCheckFailure(nodeName(node, entry), 'the stored tree hash differs from the one recomputed from the leaves');
+    });
+  }
+}
+
+function nodeName(node: StoredNode, entry: LedgerEntry): string {
+  if (node.level === 0) return leafName(node.index, entry.eventId);
+  const first = node.index * 2 ** node.level;
+  return `node ${node.level}/${node.index} (leaves ${first}-${first + 2 ** node.level - 1}, completed by ${leafName(entry.leafIndex, entry.eventId)})`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// The three verifications
+
+/** A batch is what one checkpoint sealed; its id is the checkpoint's tree size. */
+export async function verifyBatch(options: VerifyOptions, batchId: number): Promise<RunResult> {
+  const checkpoint = await readCheckpoint(options.db, options.origin, batchId);
+  if (!checkpoint) throw new LedgerLookupError(`no batch ${batchId} in ledger ${options.origin}: a batch id is the tree size of its checkpoint (see \`caracal ledger summary\` or \`ledger query\`)`);
+  const base = await previousCheckpoint(options.db, options.origin, batchId);
+  return verifyCheckpointRun(options, base, [checkpoint]);
+}
+
+/**
+ * Every batch whose checkpoint was signed in [start, end], from the checkpoint before the first of them, with the
+ * consistency chain between consecutive checkpoints. Leaves stored beyond the sequencer's tree size are a failure too.
+ */
+export async function verifyRange(options: VerifyOptions, start: Date, end: Date): Promise<RunResult> {
+  const { db, origin } = options;
+  const sequencer = await readSequencer(db, origin);
+  const beyond = await entriesBeyond(db, origin, sequencer?.treeSize ?? 0);
+  if (beyond[0]) throw new LedgerCheckFailure(leafName(beyond[0].leafIndex, beyond[0].eventId), `stored beyond the tree size ${sequencer?.treeSize ?? 0}`);
+  const inRange = await checkpointsSignedBetween(db, origin, start, end);
+  if (inRange.length === 0) return { checkpoints: [], fromSize: 0, toSize: 0, leaves: 0, consistencyProofs: 0 };
+  const first = inRange[0]!;
+  const lastSize = inRange.at(-1)!.treeSize;
+  // Every checkpoint between the first and the last in range, whenever it was signed, so the chain has no gap.
+  const all = await checkpointsBetweenSizes(db, origin, first.treeSize, lastSize);
+  const base = await previousCheckpoint(db, origin, first.treeSize);
+  return verifyCheckpointRun(options, base, all);
+}
+
+export interface EventVerification {
+  leafIndex: number;
+  eventId: string;
+  leafHash: string;
+  checkpointSize: number;
+  signedAt: string;
+  proofLength: number;
+}
+
+/**
+ * One event: its canonical bytes and leaf hash, and an inclusion proof (from the stored hashes) to the first
+ * checkpoint covering it, verified against that checkpoint's signed root; the checkpoint's signature too.
+ */
+export async function verifyEvent(options: VerifyOptions, eventId: string): Promise<EventVerification> {
+  const { db, origin, verifier } = options;
+  const entry = await findEntry(db, origin, eventId);
+  if (!entry) throw new LedgerLookupError(`event ${eventId} is not in ledger ${origin}`);
+  const hash = checkEntry(entry);
+  const stored = await coveringCheckpoint(db, origin, entry.leafIndex);
+  if (!stored) throw new LedgerLookupError(`event ${eventId} (leaf ${entry.leafIndex}) is not sealed in a checkpoint yet; try again in a few seconds`);
+  const signed = checkStoredCheckpoint(stored, origin, verifier);
+  let proof: Buffer[];
+  try {
+    proof = await proveInclusion(db, origin, entry.leafIndex, signed.size);
+    verifyInclusion(hash, entry.leafIndex, signed.size, proof, signed.root);
+  } catch (err) {
+    throw new LedgerCheckFailure(leafName(entry.leafIndex, entry.eventId), `no valid inclusion proof in checkpoint ${signed.size}: ${reasonOf(err)}`);
+  }
+  return { leafIndex: entry.leafIndex, eventId: entry.eventId, leafHash: hash.toString('hex'), checkpointSize: signed.size, signedAt: stored.signedAt, proofLength: proof.length };
+}
+
+/**
+ * What every verification command does on a LedgerCheckFailure: count it, and freeze the ledger when `freeze` (the
+ * `ledger.freezeOnVerificationFailure` setting). Returns whether it froze.
+ */
+export async function handleCheckFailure(
+  db: Queryable,
+  origin: string,
+  failure: LedgerCheckFailure,
+  options: { freeze: boolean; metrics?: { verificationFailed(): void } },
+): Promise<boolean> {
+  options.metrics?.verificationFailed();
+  if (!options.freeze) return false;
+  await freezeLedger(db, origin, failure.message);
+  return true;
+}
