@@ -2,7 +2,7 @@
  * Consumer throughput: decision events/s from the event log into the append-only audit table, by
  * the real audit-logger role (parse + validate, one transaction per slice, idempotent on the id).
  *
- *   npm run build && source <statedir>/env && node dist/bench/consumer-throughput.js [events] [maxBatch ...]
+ *   npm run build && source <statedir>/env && node dist/bench/consumer-throughput.js [events] [maxBatch ...] [--role ledger-writer]
  *
  * With DATABASE_URL and KAFKA_BROKERS set it runs on PostgreSQL + Kafka; without, on the embedded
  * default (PGlite + its table log). Each run uses a fresh schema and fresh topics: the events are
@@ -20,8 +20,12 @@ import { topicSpecs } from '../src/events/topics.js';
 import { createLogger } from '../src/logging/logger.js';
 import { migrateUp } from '../src/store/migrate.js';
 
-const total = Number(process.argv[2] ?? 20_000);
-const batches = process.argv.slice(3).map(Number);
+// `--role ledger-writer` measures the ledger writer instead (events sealed into the Merkle tree).
+const roleFlag = process.argv.indexOf('--role');
+const role = roleFlag >= 0 ? process.argv[roleFlag + 1]! : 'audit-logger';
+const positional = process.argv.slice(2).filter((_, i, all) => all[i] !== '--role' && all[i - 1] !== '--role');
+const total = Number(positional[0] ?? 20_000);
+const batches = positional.slice(1).map(Number);
 const maxBatches = batches.length > 0 ? batches : [500, 1];
 const PRINCIPALS = 100;
 
@@ -72,7 +76,7 @@ async function run(maxBatch: number): Promise<{ backend: string; perSecond: numb
     let done: () => void = () => {};
     const finished = new Promise<void>((resolve) => (done = resolve));
     const started = performance.now();
-    const consumers = await startConsumers(ctx, ['audit-logger'], {
+    const consumers = await startConsumers(ctx, [role], {
       maxBatch,
       onProcessed: () => {
         if (processed === 0) firstAt = performance.now();
@@ -89,8 +93,9 @@ async function run(maxBatch: number): Promise<{ backend: string; perSecond: numb
       const end = performance.now();
       seconds = (end - started) / 1000;
       steady = (total - 1) / ((end - firstAt) / 1000);
-      const { rows } = await ctx.db.query<{ n: string | number }>('SELECT count(*) AS n FROM audit_log');
-      if (Number(rows[0]!.n) !== total) throw new Error(`audit_log holds ${rows[0]!.n} rows, expected ${total}`);
+      const table = role === 'ledger-writer' ? 'ledger_entries' : 'audit_log';
+      const { rows } = await ctx.db.query<{ n: string | number }>(`SELECT count(*) AS n FROM ${table}`);
+      if (Number(rows[0]!.n) !== total) throw new Error(`${table} holds ${rows[0]!.n} rows, expected ${total}`);
     } finally {
       await consumers.stop();
     }
@@ -104,6 +109,6 @@ async function run(maxBatch: number): Promise<{ backend: string; perSecond: numb
 for (const maxBatch of maxBatches) {
   const result = await run(maxBatch);
   console.log(
-    `consumer-throughput  ${result.backend}  events=${total}  maxBatch=${maxBatch}  ${result.seconds.toFixed(2)} s  ${Math.round(result.perSecond)} events/s from the consumer's start (group join included), ${Math.round(result.steady)} events/s from the first row`,
+    `consumer-throughput  ${role}  ${result.backend}  events=${total}  maxBatch=${maxBatch}  ${result.seconds.toFixed(2)} s  ${Math.round(result.perSecond)} events/s from the consumer's start (group join included), ${Math.round(result.steady)} events/s from the first row`,
   );
 }
