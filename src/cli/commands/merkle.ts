@@ -28,6 +28,13 @@ export function configuredSigner(runtime: CliRuntime): EcdsaNoteSigner {
   return loadLedgerSigner(config);
 }
 
+/** Stands in for the key of a ledger with no checkpoint: nothing can be verified with it. */
+const NOTHING_SIGNED: NoteVerifier = {
+  name: '(no key: the ledger has no checkpoint)',
+  keyId: 0,
+  verify: () => false,
+};
+
 /**
  * Runs a verification on the configured database. A LedgerCheckFailure (tampering or corruption) freezes the ledger
  * when `ledger.freezeOnVerificationFailure` is on and becomes one line naming the first bad entry; a lookup failure
@@ -35,8 +42,13 @@ export function configuredSigner(runtime: CliRuntime): EcdsaNoteSigner {
  */
 async function verifying<T>(runtime: CliRuntime, fn: (options: VerifyOptions, ctx: AppContext) => Promise<T>): Promise<T> {
   const config = runtime.config();
-  const verifier = configuredVerifier(runtime);
+  const keyMissing = !existsSync(ledgerSigningKeyPath(config));
   return runtime.withContext(async (ctx) => {
+    // A ledger that never signed anything (a fresh install: the writer makes the key on its first
+    // start) has nothing to verify, so a missing key is only an error when there are checkpoints.
+    let verifier: NoteVerifier;
+    if (keyMissing && (await readSequencer(ctx.db, config.ledger.origin)) === null) verifier = NOTHING_SIGNED;
+    else verifier = configuredVerifier(runtime);
     const options: VerifyOptions = {
       db: ctx.db,
       origin: config.ledger.origin,
