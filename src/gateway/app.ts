@@ -22,12 +22,14 @@ import { installErrorHandling } from './errors.js';
 import { agentCredential, dialectErrorBody } from './dialects.js';
 import { agentResponseHeaders, upstreamRequestHeaders } from './forwarded-headers.js';
 import { assertDeclaredLength, BodyTooLarge, limitBody } from './body-limit.js';
-import { PrincipalLimiter, SourceLimiter, type LimitLease } from './limits.js';
+import { PrincipalLimiter, rateLimited, SourceLimiter, type LimitLease } from './limits.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
 import { resourceAndAction, upstreamMethods, UpstreamTargetBuilder, type UpstreamTarget } from './request-target.js';
 import { mapUpstreamError } from './upstream-errors.js';
 import { MetricSeries } from './metric-series.js';
 import { registerDelegationRoute, resolveMandate } from './mandate-binding.js';
+import { registerLedgerRoutes } from './ledger-routes.js';
+import type { Queryable } from '../store/db.js';
 
 export interface PolicyEvaluator {
   readonly revision: string;
@@ -62,6 +64,8 @@ export interface GatewayDeps {
   readiness: ReadinessCheck[];
   jwks: () => Promise<{ keys: unknown[] }>;
   source: string;
+  /** The ledger's store: receipts and c2sp.org/tlog-tiles (ledger-routes.ts) are served when it is given. */
+  ledgerDb?: Queryable;
 }
 
 /**
@@ -185,6 +189,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
   });
 
   registerDelegationRoute(app, { ...deps, isClosing: () => closing });
+  if (deps.ledgerDb) registerLedgerRoutes(app, { ...deps, db: deps.ledgerDb, isClosing: () => closing, sourceLimiter });
 
   function recordDecision(request: FastifyRequest, upstream: UpstreamConfig, resource: string, action: string, who: AuthResult | null, allow: boolean, reasons: string[], policyIds: string[], status: number): Promise<void> {
     const state = request.caracal;
@@ -389,13 +394,6 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       closing = true;
     },
   };
-}
-
-function rateLimited(reason: string, retryAfterSeconds: number): CaracalError {
-  return new CaracalError('CARACAL_RATE_LIMITED', `too many requests (${reason}); retry in ${retryAfterSeconds} s`, {
-    reasons: [reason],
-    details: { retry_after_seconds: retryAfterSeconds },
-  });
 }
 
 /**

@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { GatewayLimits } from '../config/schema.js';
+import { CaracalError } from '../errors/catalog.js';
 
 /** Milliseconds from a monotonic origin: wall-clock jumps (NTP, manual changes) must not refill or drain buckets. */
 export type Clock = () => number;
@@ -360,4 +361,12 @@ export class SourceLimiter {
   get size(): number {
     return this.buckets.size;
   }
+}
+
+/** The 429 of every limit: the reason, and when to retry (the error handler sets `retry-after`). */
+export function rateLimited(reason: string, retryAfterSeconds: number): CaracalError {
+  return new CaracalError('CARACAL_RATE_LIMITED', `too many requests (${reason}); retry in ${retryAfterSeconds} s`, {
+    reasons: [reason],
+    details: { retry_after_seconds: retryAfterSeconds },
+  });
 }

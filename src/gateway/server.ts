@@ -176,6 +176,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     ],
     jwks: async () => ({ keys: verificationKeys(ring, Math.floor(Date.now() / 1000)).map((k) => k.publicJwk) }),
     source: `caracal/gateway/${ctx.instanceId}`,
+    ledgerDb: ctx.db,
   });
   return {
     gateway,

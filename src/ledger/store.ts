@@ -623,3 +623,60 @@ export async function ledgerCounts(
     types: types.map((t) => ({ eventType: t.event_type, count: Number(t.n) })),
   };
 }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Reading for HTTP (receipts and c2sp.org/tlog-tiles; src/ledger/receipts.ts, tiles.ts)
+
+/**
+ * The leaf of the decision event with this decision id, or null. Decision events only (`eventType`): other events
+ * (metering) may carry the same decision id in their data. One SELECT on the decision_id index.
+ */
+export async function findDecisionEntry(db: Queryable, origin: string, decisionId: string, eventType: string): Promise<LedgerEntry | null> {
+  const { rows } = await db.query<EntryRow>(
+    `SELECT ${ENTRY_COLUMNS} FROM ledger_entries WHERE decision_id = $2 AND origin = $1 AND event_type = $3 ORDER BY leaf_index LIMIT 1`,
+    [origin, decisionId, eventType],
+  );
+  return rows[0] ? toEntry(rows[0]) : null;
+}
+
+/**
+ * The hashes of nodes `(level, [from, to))` — a tile's worth — if the origin's newest checkpoint covers `covered`
+ * leaves (the caller's bound: the leaves under the last node), in one statement. `checkpointSize` is the sequencer's
+ * (0: no checkpoint yet, or no tree); `hashes` is empty when the checkpoint does not cover them.
+ */
+export async function readCoveredHashes(
+  db: Queryable,
+  origin: string,
+  level: number,
+  from: number,
+  to: number,
+  covered: number,
+): Promise<{ checkpointSize: number; hashes: { index: number; hash: Buffer }[] }> {
+  const { rows } = await db.query<{ checkpoint_size: string | number; idx: string | number | null; hash: Uint8Array | null }>(
+    `SELECT s.checkpoint_size, h.idx, h.hash FROM ledger_sequencer s
+       LEFT JOIN ledger_hashes h ON h.origin = s.origin AND h.level = $2 AND h.idx >= $3 AND h.idx < $4 AND s.checkpoint_size >= $5
+      WHERE s.origin = $1 ORDER BY h.idx`,
+    [origin, level, from, to, covered],
+  );
+  const checkpointSize = rows[0] ? Number(rows[0].checkpoint_size) : 0;
+  const hashes = rows.filter((row) => row.idx !== null && row.hash !== null).map((row) => ({ index: Number(row.idx), hash: bytes(row.hash) }));
+  return { checkpointSize, hashes };
+}
+
+/** Like `readCoveredHashes` for leaves `[from, to)`: their canonical bytes, when the newest checkpoint covers `to`. */
+export async function readCoveredEntries(
+  db: Queryable,
+  origin: string,
+  from: number,
+  to: number,
+): Promise<{ checkpointSize: number; entries: { index: number; canonical: Buffer }[] }> {
+  const { rows } = await db.query<{ checkpoint_size: string | number; leaf_index: string | number | null; canonical: Uint8Array | null }>(
+    `SELECT s.checkpoint_size, e.leaf_index, e.canonical FROM ledger_sequencer s
+       LEFT JOIN ledger_entries e ON e.origin = s.origin AND e.leaf_index >= $2 AND e.leaf_index < $3 AND s.checkpoint_size >= $3
+      WHERE s.origin = $1 ORDER BY e.leaf_index`,
+    [origin, from, to],
+  );
+  const checkpointSize = rows[0] ? Number(rows[0].checkpoint_size) : 0;
+  const entries = rows.filter((row) => row.leaf_index !== null && row.canonical !== null).map((row) => ({ index: Number(row.leaf_index), canonical: bytes(row.canonical) }));
+  return { checkpointSize, entries };
+}

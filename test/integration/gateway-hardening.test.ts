@@ -423,6 +423,16 @@ describe('unauthenticated sources', () => {
     for (const id of decisionIds) expect(recorded.some((d) => d.decision_id === id && !d.allow)).toBe(true);
     expect(recorded.some((d) => d.status === 429 && d.reasons.includes('unauthenticated_rate_limited'))).toBe(true);
   });
+
+  it('slows a source that keeps failing authentication on the receipts route too', async () => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const reply = await h.assembled.gateway.app.inject({ url: '/v1/receipts/01900000-0000-7000-8000-000000000000', headers: { authorization: 'Bearer garbage' } });
+      statuses.push(reply.statusCode);
+    }
+    expect(statuses.every((s) => s === 401 || s === 429)).toBe(true);
+    expect(statuses.at(-1)).toBe(429);
+  });
 });
 
 describe('access log and client aborts', () => {
