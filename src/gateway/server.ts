@@ -19,6 +19,7 @@ import type { EventLog } from '../events/event-log.js';
 import { eventMessage } from '../events/publisher.js';
 import type { Logger } from '../logging/logger.js';
 import { Spool } from '../spool/spool.js';
+import { readSequencer } from '../ledger/store.js';
 import { sleep } from '../util/retry.js';
 import { CaracalError } from '../errors/catalog.js';
 import { DEFAULT_BUNDLE } from '../paths.js';
@@ -173,6 +174,15 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
       { name: 'events', check: () => (events ? events.ping() : Promise.reject(new Error('event log not reachable since start'))), advisory: Boolean(spooled) },
       { name: 'cache', check: () => cache.ping() },
       ...(spooled ? [{ name: 'spool', check: async () => spooled.check() }] : []),
+      // A frozen ledger stops sealing, not serving: reported so operators see it, not required.
+      {
+        name: 'ledger',
+        check: async () => {
+          const state = await readSequencer(ctx.db, config.ledger.origin);
+          if (state?.frozenAt) throw new Error(`ledger ${config.ledger.origin} is frozen since ${state.frozenAt.toISOString()}: ${state.frozenReason ?? 'no reason given'} (caracal merkle resume)`);
+        },
+        advisory: true,
+      },
     ],
     jwks: async () => ({ keys: verificationKeys(ring, Math.floor(Date.now() / 1000)).map((k) => k.publicJwk) }),
     source: `caracal/gateway/${ctx.instanceId}`,

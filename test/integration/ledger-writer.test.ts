@@ -331,9 +331,14 @@ describe.each(BACKENDS)('the ledger writer on the %s backend', (backend) => {
       expect(await findEntry(h.ctx.db, origin, waiting[0]!.id)).toBeNull();
       // Freezing again keeps the first reason.
       expect((await freezeLedger(h.ctx.db, origin, 'second')).frozenReason).toBe('test freeze');
+      // /ready reports it, and the gateway keeps serving (a frozen ledger stops sealing only).
+      const ready = await h.assembled.gateway.app.inject({ url: '/ready' });
+      expect(ready.statusCode, ready.body).toBe(200);
+      expect(ready.json().checks.ledger).toMatchObject({ ok: false, advisory: true, error: expect.stringContaining('test freeze') });
     } finally {
       expect(await resumeLedger(h.ctx.db, origin)).toBe(true);
     }
+    expect((await h.assembled.gateway.app.inject({ url: '/ready' })).json().checks.ledger).toMatchObject({ ok: true, advisory: true });
     expect(await resumeLedger(h.ctx.db, origin)).toBe(false);
     expect(await until(async () => (await Promise.all(waiting.map((e) => sealed(e.id)))).every(Boolean), 60_000)).toBe(true);
     expect(await until(async () => (await countEntries('decision_id', `${key}-metered`)) === 1)).toBe(true);
