@@ -146,10 +146,16 @@ export const LedgerSchema = z
     batchMaxMs: z.coerce.number().int().min(10).max(3_600_000).default(1_000),
     /** A root that does not verify against the previous checkpoint freezes the sequencer (appends stop until `resumeLedger`). */
     freezeOnVerificationFailure: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]).default(true),
+    /**
+     * Serve the tree as public C2SP tiles under /ledger/<origin>/. Off by default: entry bundles are
+     * the decision events themselves (principal ids, upstream URLs with their queries), readable by
+     * anyone who can reach the gateway once this is on.
+     */
+    serveTiles: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]).default(false),
   })
   .strict();
 
-const LEDGER_DEFAULTS = { origin: 'caracal.local/ledger', batchMaxEvents: 1_000, batchMaxMs: 1_000, freezeOnVerificationFailure: true };
+const LEDGER_DEFAULTS = { origin: 'caracal.local/ledger', batchMaxEvents: 1_000, batchMaxMs: 1_000, freezeOnVerificationFailure: true, serveTiles: false };
 
 export const ConfigSchema = z
   .object({
@@ -327,6 +333,7 @@ export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
   CARACAL_LEDGER_BATCH_MAX_EVENTS: { path: ['ledger', 'batchMaxEvents'] },
   CARACAL_LEDGER_BATCH_MAX_MS: { path: ['ledger', 'batchMaxMs'] },
   CARACAL_LEDGER_FREEZE_ON_VERIFICATION_FAILURE: { path: ['ledger', 'freezeOnVerificationFailure'] },
+  CARACAL_LEDGER_SERVE_TILES: { path: ['ledger', 'serveTiles'] },
 };
 
 /** Keys of the older snake_case configuration format; rejected with a pointer to the new name. */

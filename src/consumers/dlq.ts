@@ -36,16 +36,11 @@ export function buildDlqMessage(args: { source: string; consumerGroup: string; m
   return { id: event.id, message: eventMessage(message.key ?? 'dlq', event) };
 }
 
-export interface DlqEntry {
+/** A dead-lettered message: the original's coordinates and content (a LogMessage without its append time), and why. */
+export interface DlqEntry extends Omit<LogMessage, 'timestamp'> {
   dlqId: string;
   originalEventId: string | null;
   consumerGroup: string;
-  topic: string;
-  partition: number;
-  offset: string;
-  key: string | null;
-  value: string;
-  headers: Record<string, string>;
   error: string;
   attempts: number;
   failedAt: string;

@@ -70,6 +70,7 @@ export function registerLedgerRoutes(app: FastifyInstance, deps: LedgerRoutesDep
     return found.receipt;
   });
 
+  if (!deps.config.ledger.serveTiles) return;
   app.get(`${LEDGER_PREFIX}*`, async (request, reply) => {
     const notFound = () => new CaracalError('CARACAL_NOT_FOUND', 'no such ledger resource', { reasons: ['ledger_resource_not_found'] });
     const parts = request.url.split('?', 1)[0]!.slice(LEDGER_PREFIX.length).split('/');

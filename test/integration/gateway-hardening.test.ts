@@ -424,6 +424,12 @@ describe('unauthenticated sources', () => {
     expect(recorded.some((d) => d.status === 429 && d.reasons.includes('unauthenticated_rate_limited'))).toBe(true);
   });
 
+  it('does not serve the ledger as public tiles unless ledger.serveTiles is on (entry bundles are the decision events)', async () => {
+    for (const url of ['/ledger/caracal.local/ledger/checkpoint', '/ledger/caracal.local/ledger/tile/entries/000.p/1', '/ledger/caracal.local/ledger/tile/0/000.p/1']) {
+      expect((await h.assembled.gateway.app.inject({ url })).statusCode, url).toBe(404);
+    }
+  });
+
   it('slows a source that keeps failing authentication on the receipts route too', async () => {
     const statuses: number[] = [];
     for (let i = 0; i < 12; i++) {

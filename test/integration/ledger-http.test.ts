@@ -59,7 +59,7 @@ describe.each(BACKENDS)('receipts and tiles over HTTP on the %s backend', (backe
 
   beforeAll(async () => {
     origin = `caracal.test/${randomName('http')}`;
-    h = await createHarness({ backend, configOverrides: { ledger: { origin, batchMaxEvents: 1_000, batchMaxMs: BATCH_MAX_MS } } });
+    h = await createHarness({ backend, configOverrides: { ledger: { origin, batchMaxEvents: 1_000, batchMaxMs: BATCH_MAX_MS, serveTiles: true } } });
     verifier = parseVerifierKey(loadLedgerSigner(h.ctx.config).verifierKey);
     alice = await h.registerAgent();
     bob = await h.registerAgent();

@@ -80,7 +80,7 @@ describe('config', () => {
 
   it('has ledger defaults and reads the ledger keys from the environment', () => {
     const defaults = loadConfig({ env: {}, cwd: tmpdir() });
-    expect(defaults.ledger).toEqual({ origin: 'caracal.local/ledger', batchMaxEvents: 1000, batchMaxMs: 1000, freezeOnVerificationFailure: true });
+    expect(defaults.ledger).toEqual({ origin: 'caracal.local/ledger', batchMaxEvents: 1000, batchMaxMs: 1000, freezeOnVerificationFailure: true, serveTiles: false });
     const config = loadConfig({
       env: {
         CARACAL_LEDGER_ORIGIN: 'ledger.example.com/prod',
