@@ -88,10 +88,11 @@ describe('config', () => {
         CARACAL_LEDGER_BATCH_MAX_EVENTS: '500',
         CARACAL_LEDGER_BATCH_MAX_MS: '250',
         CARACAL_LEDGER_FREEZE_ON_VERIFICATION_FAILURE: 'false',
+        CARACAL_LEDGER_SERVE_TILES: 'true',
       },
       cwd: tmpdir(),
     });
-    expect(config.ledger).toEqual({ origin: 'ledger.example.com/prod', signingKeyPath: '/run/secrets/ledger.pem', batchMaxEvents: 500, batchMaxMs: 250, freezeOnVerificationFailure: false });
+    expect(config.ledger).toEqual({ origin: 'ledger.example.com/prod', signingKeyPath: '/run/secrets/ledger.pem', batchMaxEvents: 500, batchMaxMs: 250, freezeOnVerificationFailure: false, serveTiles: true });
   });
 
   it('refuses a ledger origin that cannot be a checkpoint origin and key name, and batch bounds out of range', () => {
