@@ -12,6 +12,7 @@
  * same process (1 = the one-transaction-per-event path, for comparison).
  */
 import { randomBytes } from 'node:crypto';
+import { pathToFileURL } from 'node:url';
 import { loadConfig } from '../src/config/load.js';
 import { startConsumers } from '../src/consumers/index.js';
 import { AppContext } from '../src/context.js';
@@ -20,16 +21,10 @@ import { topicSpecs } from '../src/events/topics.js';
 import { createLogger } from '../src/logging/logger.js';
 import { migrateUp } from '../src/store/migrate.js';
 
-// `--role ledger-writer` measures the ledger writer instead (events sealed into the Merkle tree).
-const roleFlag = process.argv.indexOf('--role');
-const role = roleFlag >= 0 ? process.argv[roleFlag + 1]! : 'audit-logger';
-const positional = process.argv.slice(2).filter((_, i, all) => all[i] !== '--role' && all[i - 1] !== '--role');
-const total = Number(positional[0] ?? 20_000);
-const batches = positional.slice(1).map(Number);
-const maxBatches = batches.length > 0 ? batches : [500, 1];
 const PRINCIPALS = 100;
 
-function decisionMessage(i: number) {
+/** A realistic policy.decisions message (about 700 bytes), one of 100 principals, 10 % denials. */
+export function decisionMessage(i: number) {
   const principal = `agent-${i % PRINCIPALS}`;
   const event = buildEvent(EVENT_TYPES.decision, 'caracal/bench', principal, {
     decision_id: `d-${i}-${randomBytes(4).toString('hex')}`,
@@ -51,7 +46,17 @@ function decisionMessage(i: number) {
   return { key: principal, value: JSON.stringify(event), headers: { 'content-type': 'application/cloudevents+json' } };
 }
 
-async function run(maxBatch: number): Promise<{ backend: string; perSecond: number; steady: number; seconds: number }> {
+export interface ConsumerRun {
+  backend: string;
+  /** Events/s from the consumer's start (group join included) to the last commit. */
+  perSecond: number;
+  /** Events/s from the first committed event to the last. */
+  steady: number;
+  seconds: number;
+}
+
+/** Publishes `total` decision events to fresh topics (not timed), then times one `role` consumer draining them. */
+export async function measureConsumer(role: string, total: number, maxBatch: number): Promise<ConsumerRun> {
   const id = randomBytes(4).toString('hex');
   const services = Boolean(process.env.DATABASE_URL && process.env.KAFKA_BROKERS);
   const config = loadConfig({
@@ -106,9 +111,17 @@ async function run(maxBatch: number): Promise<{ backend: string; perSecond: numb
   }
 }
 
-for (const maxBatch of maxBatches) {
-  const result = await run(maxBatch);
-  console.log(
-    `consumer-throughput  ${role}  ${result.backend}  events=${total}  maxBatch=${maxBatch}  ${result.seconds.toFixed(2)} s  ${Math.round(result.perSecond)} events/s from the consumer's start (group join included), ${Math.round(result.steady)} events/s from the first row`,
-  );
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  // `--role ledger-writer` measures the ledger writer instead (events sealed into the Merkle tree).
+  const roleFlag = process.argv.indexOf('--role');
+  const role = roleFlag >= 0 ? process.argv[roleFlag + 1]! : 'audit-logger';
+  const positional = process.argv.slice(2).filter((_, i, all) => all[i] !== '--role' && all[i - 1] !== '--role');
+  const total = Number(positional[0] ?? 20_000);
+  const batches = positional.slice(1).map(Number);
+  for (const maxBatch of batches.length > 0 ? batches : [500, 1]) {
+    const result = await measureConsumer(role, total, maxBatch);
+    console.log(
+      `consumer-throughput  ${role}  ${result.backend}  events=${total}  maxBatch=${maxBatch}  ${result.seconds.toFixed(2)} s  ${Math.round(result.perSecond)} events/s from the consumer's start (group join included), ${Math.round(result.steady)} events/s from the first row`,
+    );
+  }
 }

@@ -9,11 +9,17 @@ import { PoisonMessage, type ConsumerRole } from './runner.js';
 
 /** Maps the writer's reports onto the consumers' registry. */
 function observerOf(metrics: ConsumerMetrics): LedgerWriterObserver {
+  // The failures are counted in the database (by the writer and by `merkle verify-*` in other processes); the
+  // counter follows that count, so it starts at the recorded total and only grows.
+  let failuresSeen = 0;
   return {
     sealed: (leaves) => metrics.merkleBatchSize.observe(leaves),
     treeSize: (size) => metrics.merkleTreeSize.set(size),
     checkpointAge: (seconds) => metrics.merkleCheckpointAge.set(seconds),
-    verificationFailed: () => metrics.merkleVerificationFailures.inc(),
+    verificationFailures: (total) => {
+      if (total > failuresSeen) metrics.merkleVerificationFailures.inc(total - failuresSeen);
+      failuresSeen = Math.max(failuresSeen, total);
+    },
   };
 }
 

@@ -2,7 +2,7 @@ import type { AppContext } from '../context.js';
 import { EventSchemaError } from '../events/cloudevents.js';
 import type { EventLog, LogMessage, Subscription } from '../events/event-log.js';
 import type { Logger } from '../logging/logger.js';
-import { backoffDelay, sleep } from '../util/retry.js';
+import { backoffDelay, isOutage, sleep } from '../util/retry.js';
 import { buildDlqMessage } from './dlq.js';
 
 /**
@@ -49,19 +49,6 @@ export interface ConsumerOptions {
 export interface RunningConsumer {
   readonly role: string;
   stop(): Promise<void>;
-}
-
-/**
- * A dependency that is down (the database restarting, a connection refused) is not the message's
- * fault: those are retried without limit, so an outage never empties the stream into the DLQ.
- */
-export function isOutage(err: unknown): boolean {
-  const e = err as { code?: string; retriable?: boolean; cause?: unknown; message?: string };
-  if (e?.retriable === true) return true;
-  const code = e?.code ?? '';
-  if (/^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|ENOTFOUND|57P0[1-3]|08\d{3}|53300|40001|40P01)$/.test(code)) return true;
-  if (/Connection terminated|connection is closed|Client has encountered a connection error|terminating connection/i.test(e?.message ?? '')) return true;
-  return e?.cause !== undefined && e.cause !== err ? isOutage(e.cause) : false;
 }
 
 function isPoison(err: unknown): boolean {

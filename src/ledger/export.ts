@@ -232,7 +232,7 @@ export function verifyExport(data: LedgerExport, verifier: NoteVerifier): Export
     // The canonical form and the event id are checked as for a stored entry; the leaf hash is recomputed here.
     const hash = leafHash(canonical);
     try {
-      checkEntry({ leafIndex: entry.leafIndex, eventId: entry.eventId, eventType: eventTypeOf(canonical), canonical, leafHash: hash } as LedgerEntry);
+      checkEntry({ leafIndex: entry.leafIndex, eventId: entry.eventId, eventType: eventTypeOf(canonical), canonical, leafHash: hash }, { canonical: true });
     } catch (err) {
       throw new ExportInvalidError(`${name}: ${err instanceof LedgerCheckFailure ? err.reason : (err as Error).message}`);
     }

@@ -44,6 +44,8 @@ export interface SequencerState {
   openSince: Date | null;
   frozenAt: Date | null;
   frozenReason: string | null;
+  /** Verification failures recorded so far (recordVerificationFailure), by the writer and the commands alike. */
+  verificationFailures: number;
 }
 
 export interface StoredCheckpoint {
@@ -54,6 +56,8 @@ export interface StoredCheckpoint {
   note: string;
   signedAt: string;
 }
+
+export type EntryOutcome = 'appended' | 'skipped' | 'conflict';
 
 export interface AppendResult {
   /** Leaves added by this call (events already in the tree are skipped). */
@@ -66,6 +70,8 @@ export interface AppendResult {
    * dead-letters them).
    */
   conflicts: string[];
+  /** Per entry given, in order: added as a leaf, skipped (already stored or repeated), or a conflict. */
+  outcomes: EntryOutcome[];
   /** Index of the first leaf added (= the tree size before the call). */
   firstIndex: number;
   treeSize: number;
@@ -134,10 +140,17 @@ const dateOrNull = (value: Date | string | null): Date | null => (value === null
 const text = (value: unknown): string | null => (typeof value === 'string' && value.length > 0 ? value : null);
 
 /**
+ * The largest leaf input: an event whose canonical JSON is longer cannot be carried by a c2sp.org/tlog-tiles entry
+ * bundle (uint16 length prefix), so the writer refuses it (the role dead-letters it) rather than seal a leaf no tile
+ * client could fetch. Decision and metering events are a few hundred bytes to a few KiB.
+ */
+export const MAX_LEAF_BYTES = 0xffff;
+
+/**
  * The leaf of an event: canonical bytes (RFC 8785) of the whole event object and their leaf hash, with its id, type,
  * time, subject and the decision/request ids of its data. `event` is the event as published (the parsed message
  * value); throws LedgerError NOT_CANONICAL when it has no canonical JSON form, and INVALID_ARGUMENT when it lacks a
- * string `id`, `type` or `time`.
+ * string `id`, `type` or `time` or is longer than MAX_LEAF_BYTES.
  */
 export function ledgerEntryOf(event: unknown, position: { topic?: string | null; partition?: number | null; offset?: string | null } = {}): LedgerEntryInput {
   const e = event as { id?: unknown; type?: unknown; time?: unknown; subject?: unknown; data?: unknown } | null;
@@ -145,6 +158,9 @@ export function ledgerEntryOf(event: unknown, position: { topic?: string | null;
     throw new LedgerError('INVALID_ARGUMENT', 'a ledger event needs a string id, type and time');
   }
   const canonical = canonicalBytes(event);
+  if (canonical.length > MAX_LEAF_BYTES) {
+    throw new LedgerError('INVALID_ARGUMENT', `the event's canonical JSON has ${canonical.length} bytes; a ledger leaf holds at most ${MAX_LEAF_BYTES} (a tile entry bundle's limit)`);
+  }
   const data = (typeof e.data === 'object' && e.data !== null ? e.data : {}) as Record<string, unknown>;
   return {
     eventId: e.id,
@@ -210,10 +226,11 @@ interface SequencerRow {
   open_since: Date | string | null;
   frozen_at: Date | string | null;
   frozen_reason: string | null;
+  verification_failures: string | number;
   open_ms: number | null;
 }
 
-const SEQUENCER_COLUMNS = `origin, tree_size, root, checkpoint_size, open_since, frozen_at, frozen_reason,
+const SEQUENCER_COLUMNS = `origin, tree_size, root, checkpoint_size, open_since, frozen_at, frozen_reason, verification_failures,
   CASE WHEN open_since IS NULL THEN 0 ELSE GREATEST(0, EXTRACT(EPOCH FROM (now() - open_since)) * 1000)::float8 END AS open_ms`;
 
 function toState(row: SequencerRow): SequencerState & { openMs: number } {
@@ -225,6 +242,7 @@ function toState(row: SequencerRow): SequencerState & { openMs: number } {
     openSince: dateOrNull(row.open_since),
     frozenAt: dateOrNull(row.frozen_at),
     frozenReason: row.frozen_reason,
+    verificationFailures: Number(row.verification_failures),
     openMs: Number(row.open_ms ?? 0),
   };
 }
@@ -266,6 +284,17 @@ export async function freezeLedger(db: Queryable, origin: string, reason: string
   return toState(rows[0]!);
 }
 
+/** Counts one verification failure of the origin's ledger (creating its row if needed); returns the new count. */
+export async function recordVerificationFailure(db: Queryable, origin: string): Promise<number> {
+  const { rows } = await db.query<{ verification_failures: string | number }>(
+    `INSERT INTO ledger_sequencer (origin, root, verification_failures) VALUES ($1, decode($2, 'hex'), 1)
+     ON CONFLICT (origin) DO UPDATE SET verification_failures = ledger_sequencer.verification_failures + 1, updated_at = now()
+     RETURNING verification_failures`,
+    [origin, emptyTreeRoot().toString('hex')],
+  );
+  return Number(rows[0]!.verification_failures);
+}
+
 /** Lifts a freeze; returns whether the sequencer was frozen. */
 export async function resumeLedger(db: Queryable, origin: string): Promise<boolean> {
   const { rowCount } = await db.query(
@@ -289,17 +318,18 @@ export async function resumeLedger(db: Queryable, origin: string): Promise<boole
 export async function appendEvents(tx: Queryable, origin: string, entries: readonly LedgerEntryInput[]): Promise<AppendResult> {
   const state = await lockSequencer(tx, origin);
   if (state.frozenAt !== null) throw new LedgerFrozenError(origin, state.frozenReason);
-  const unchanged = (skipped: string[], conflicts: string[] = []): AppendResult => ({
+  const unchanged = (skipped: string[], conflicts: string[], outcomes: EntryOutcome[]): AppendResult => ({
     appended: 0,
     skipped,
     conflicts,
+    outcomes,
     firstIndex: state.treeSize,
     treeSize: state.treeSize,
     root: state.root,
     checkpointSize: state.checkpointSize,
     openMs: state.openMs,
   });
-  if (entries.length === 0) return unchanged([]);
+  if (entries.length === 0) return unchanged([], [], []);
 
   // Already in the tree, or earlier in this call: skipped. The lock keeps other writers out until we commit.
   const { rows: present } = await tx.query<{ event_id: string; leaf_hash: Uint8Array }>(
@@ -310,17 +340,24 @@ export async function appendEvents(tx: Queryable, origin: string, entries: reado
   const skipped: string[] = [];
   const conflicts: string[] = [];
   const fresh: LedgerEntryInput[] = [];
+  const outcomes: EntryOutcome[] = [];
   for (const entry of entries) {
     const earlier = seen.get(entry.eventId);
     if (earlier === undefined) {
       seen.set(entry.eventId, entry.leafHash);
       fresh.push(entry);
+      outcomes.push('appended');
     } else {
       skipped.push(entry.eventId);
-      if (!earlier.equals(entry.leafHash)) conflicts.push(entry.eventId);
+      if (earlier.equals(entry.leafHash)) {
+        outcomes.push('skipped');
+      } else {
+        conflicts.push(entry.eventId);
+        outcomes.push('conflict');
+      }
     }
   }
-  if (fresh.length === 0) return unchanged(skipped, conflicts);
+  if (fresh.length === 0) return unchanged(skipped, conflicts, outcomes);
 
   const frontier = await loadFrontier(tx, state);
   const nodes: StoredNode[] = [];
@@ -366,6 +403,7 @@ export async function appendEvents(tx: Queryable, origin: string, entries: reado
     appended: fresh.length,
     skipped,
     conflicts,
+    outcomes,
     firstIndex: state.treeSize,
     treeSize: after.treeSize,
     root: after.root,
@@ -511,14 +549,77 @@ const toEntry = (row: EntryRow): LedgerEntry => ({
   leafHash: bytes(row.leaf_hash),
 });
 
-/** Leaves in index order from `fromIndex` (inclusive), at most `limit`. */
+/** Leaves in index order from `fromIndex` (inclusive) up to `fromIndex + limit` (exclusive). */
 export async function readEntries(db: Queryable, origin: string, options: { fromIndex?: number; limit?: number } = {}): Promise<LedgerEntry[]> {
-  const { rows } = await db.query<EntryRow>(`SELECT ${ENTRY_COLUMNS} FROM ledger_entries WHERE origin = $1 AND leaf_index >= $2 ORDER BY leaf_index LIMIT $3`, [
+  // A bounded index range rather than `>= from … LIMIT`: without fresh statistics the planner may read every later
+  // leaf and sort them for each page.
+  const from = options.fromIndex ?? 0;
+  const { rows } = await db.query<EntryRow>(`SELECT ${ENTRY_COLUMNS} FROM ledger_entries WHERE origin = $1 AND leaf_index >= $2 AND leaf_index < $3 ORDER BY leaf_index`, [
     origin,
-    options.fromIndex ?? 0,
-    options.limit ?? 10_000,
+    from,
+    from + (options.limit ?? 10_000),
   ]);
   return rows.map(toEntry);
+}
+
+/** What verification reads of a leaf: the leaf input, its hash and the columns queries trust. */
+export interface VerifiableLeaf {
+  leafIndex: number;
+  eventId: string;
+  eventType: string;
+  subject: string | null;
+  decisionId: string | null;
+  requestId: string | null;
+  /** occurred_at in whole milliseconds since the epoch (exact: EXTRACT gives a numeric). */
+  occurredAtMs: number;
+  canonical: Buffer;
+  leafHash: Buffer;
+}
+
+/**
+ * Leaves with indexes in [fromIndex, fromIndex + limit), in order, with only what verification needs: no Date parsing, no
+ * recorded_at or log position (a 1M-leaf run reads about 1 GB, so every column counts).
+ */
+export async function readVerifiableLeaves(db: Queryable, origin: string, fromIndex: number, limit: number): Promise<VerifiableLeaf[]> {
+  const { rows } = await db.query<
+    Pick<EntryRow, 'leaf_index' | 'event_id' | 'event_type' | 'subject' | 'decision_id' | 'request_id' | 'canonical' | 'leaf_hash'> & { occurred_ms: string | number }
+  >(
+    `SELECT leaf_index, event_id, event_type, subject, decision_id, request_id,
+            floor(EXTRACT(EPOCH FROM occurred_at) * 1000)::int8 AS occurred_ms, canonical, leaf_hash
+       FROM ledger_entries WHERE origin = $1 AND leaf_index >= $2 AND leaf_index < $3 ORDER BY leaf_index`,
+    [origin, fromIndex, fromIndex + limit],
+  );
+  return rows.map((row) => ({
+    leafIndex: Number(row.leaf_index),
+    eventId: row.event_id,
+    eventType: row.event_type,
+    subject: row.subject,
+    decisionId: row.decision_id,
+    requestId: row.request_id,
+    occurredAtMs: Number(row.occurred_ms),
+    canonical: bytes(row.canonical),
+    leafHash: bytes(row.leaf_hash),
+  }));
+}
+
+/**
+ * The stored hashes of whole index ranges, `[from, to)` per level, in one statement (a verification page creates
+ * one contiguous range of nodes per level: range scans on the primary key, not a probe per node). Keyed
+ * `level/index`; nodes not stored are absent.
+ */
+export async function readHashRanges(db: Queryable, origin: string, ranges: readonly { level: number; from: number; to: number }[]): Promise<Map<string, Buffer>> {
+  const found = new Map<string, Buffer>();
+  if (ranges.length === 0) return found;
+  const conditions = ranges.map(({ level, from, to }) => {
+    for (const value of [level, from, to]) if (!Number.isSafeInteger(value) || value < 0) throw new LedgerError('INVALID_ARGUMENT', `bad hash range ${level}/${from}-${to}`);
+    return `(level = ${level} AND idx >= ${from} AND idx < ${to})`;
+  });
+  const { rows } = await db.query<{ level: number; idx: string | number; hash: Uint8Array }>(
+    `SELECT level, idx, hash FROM ledger_hashes WHERE origin = $1 AND (${conditions.join(' OR ')})`,
+    [origin],
+  );
+  for (const row of rows) found.set(`${Number(row.level)}/${String(row.idx)}`, bytes(row.hash));
+  return found;
 }
 
 /** The leaf of an event, by its id, or null. */

@@ -6,15 +6,15 @@
 // of 1-3 digit groups, only the one canonical spelling of each tile is accepted here: a tile has exactly one URL.
 import type { Queryable } from '../store/db.js';
 import { LedgerError } from './errors.js';
-import { readCoveredEntries, readCoveredHashes } from './store.js';
+import { MAX_LEAF_BYTES, readCoveredEntries, readCoveredHashes } from './store.js';
 
 /** Tile height: each tile is a subtree of height 8, 256 hashes wide when full. */
 export const TILE_HEIGHT = 8;
 export const TILE_WIDTH = 256;
 /** Tile levels the spec allows in a path (0-63); what any tree of ≤ 2^53 leaves has is far fewer. */
 export const MAX_TILE_LEVEL = 63;
-/** An entry bundle's length prefix is a big-endian uint16. */
-export const MAX_BUNDLED_ENTRY_BYTES = 0xffff;
+/** An entry bundle's length prefix is a big-endian uint16 (the writer refuses larger events: MAX_LEAF_BYTES). */
+export const MAX_BUNDLED_ENTRY_BYTES = MAX_LEAF_BYTES;
 
 export interface Tile {
   /** Hash tile (`hash`, level 0-63) or entry bundle (`entries`, which has level 0's shape). */

@@ -5,7 +5,6 @@
 import type { Queryable } from '../store/db.js';
 import { canonicalBytes } from './canonical.js';
 import { decodeUtf8Strict } from './encoding.js';
-import { isLedgerError } from './errors.js';
 import { HASH_SIZE, leafHash, MerkleFrontier, verifyConsistency, verifyInclusion, type StoredNode } from './merkle.js';
 import { openCheckpoint, type NoteVerifier } from './note.js';
 import {
@@ -19,10 +18,12 @@ import {
   proveConsistency,
   proveInclusion,
   readCheckpoint,
-  readEntries,
+  readHashRanges,
+  readVerifiableLeaves,
+  recordVerificationFailure,
   readSequencer,
   SqlHashReader,
-  type LedgerEntry,
+  type VerifiableLeaf,
   type StoredCheckpoint,
 } from './store.js';
 
@@ -55,8 +56,10 @@ export interface VerifyOptions {
   verifier: NoteVerifier;
   /** Called at most about once a second on long runs: leaves checked so far, of `total`. */
   onProgress?: (done: number, total: number) => void;
-  /** Leaves read per query (default 2,000). */
+  /** Leaves read per query (default 5,000). */
   pageSize?: number;
+  /** Also check that every leaf's bytes are RFC 8785 canonical (see checkEntry). */
+  checkCanonical?: boolean;
 }
 
 export interface RunResult {
@@ -85,11 +88,30 @@ export function checkStoredCheckpoint(stored: StoredCheckpoint, origin: string, 
   return { size: checkpoint.size, root: checkpoint.rootHash };
 }
 
+/** A stored leaf to check: its bytes and hash, and the query columns next to it (each checked when given). */
+export interface CheckedLeaf {
+  leafIndex: number;
+  eventId: string;
+  eventType: string;
+  canonical: Buffer;
+  leafHash: Buffer;
+  subject?: string | null;
+  decisionId?: string | null;
+  requestId?: string | null;
+  occurredAtMs?: number;
+}
+
+const textOrNull = (value: unknown): string | null => (typeof value === 'string' && value.length > 0 ? value : null);
+
 /**
- * The leaf hash of a stored entry, recomputed from its canonical bytes, after checking that those bytes are the
- * RFC 8785 form of themselves, that they carry the entry's event id and type, and that the stored leaf hash is theirs.
+ * The leaf hash of a stored entry, recomputed from its canonical bytes, after checking that those bytes are UTF-8
+ * JSON of an event whose id, type, subject, decision id, request id and time are the columns stored next to it (the
+ * columns `ledger query` and receipts trust), and that the stored leaf hash is theirs. With `canonical`, also that
+ * the bytes are the RFC 8785 form of themselves: a check of the writer rather than of the stored data (tampered bytes
+ * no longer give the signed hashes anyway), and most of the cost of a leaf, so verify-range leaves it to
+ * `--check-canonical`; exports always do it.
  */
-export function checkEntry(entry: LedgerEntry): Buffer {
+export function checkEntry(entry: CheckedLeaf, options: { canonical?: boolean } = {}): Buffer {
   const name = leafName(entry.leafIndex, entry.eventId);
   let parsed: unknown;
   try {
@@ -97,16 +119,32 @@ export function checkEntry(entry: LedgerEntry): Buffer {
   } catch (err) {
     throw new LedgerCheckFailure(name, `the stored canonical bytes are not JSON: ${reasonOf(err)}`);
   }
-  let again: Buffer;
-  try {
-    again = canonicalBytes(parsed);
-  } catch (err) {
-    throw new LedgerCheckFailure(name, `the stored canonical bytes have no RFC 8785 form: ${reasonOf(err)}`);
+  if (options.canonical) {
+    let again: Buffer;
+    try {
+      again = canonicalBytes(parsed);
+    } catch (err) {
+      throw new LedgerCheckFailure(name, `the stored canonical bytes have no RFC 8785 form: ${reasonOf(err)}`);
+    }
+    if (!again.equals(entry.canonical)) throw new LedgerCheckFailure(name, 'the stored canonical bytes are not RFC 8785 canonical JSON');
   }
-  if (!again.equals(entry.canonical)) throw new LedgerCheckFailure(name, 'the stored canonical bytes are not RFC 8785 canonical JSON');
-  const event = parsed as { id?: unknown; type?: unknown } | null;
-  if (typeof event !== 'object' || event === null || event.id !== entry.eventId || event.type !== entry.eventType) {
+  const event = parsed as { id?: unknown; type?: unknown; subject?: unknown; time?: unknown; data?: unknown } | null;
+  if (typeof event !== 'object' || event === null || Array.isArray(event) || event.id !== entry.eventId || event.type !== entry.eventType) {
     throw new LedgerCheckFailure(name, 'the stored event id or type is not the one in the canonical bytes');
+  }
+  const data = (typeof event.data === 'object' && event.data !== null ? event.data : {}) as Record<string, unknown>;
+  const columns: [string, unknown, unknown][] = [
+    ['subject', entry.subject, textOrNull(event.subject)],
+    ['decision id', entry.decisionId, textOrNull(data.decision_id)],
+    ['request id', entry.requestId, textOrNull(data.request_id)],
+  ];
+  for (const [what, stored, inEvent] of columns) {
+    if (stored !== undefined && stored !== inEvent) throw new LedgerCheckFailure(name, `the stored ${what} is not the one in the canonical bytes`);
+  }
+  if (entry.occurredAtMs !== undefined && typeof event.time === 'string') {
+    // The writer stored the time as PostgreSQL parsed it; a time JavaScript cannot parse is left to the hash.
+    const ms = Date.parse(event.time);
+    if (Number.isFinite(ms) && ms !== entry.occurredAtMs) throw new LedgerCheckFailure(name, 'the stored event time is not the one in the canonical bytes');
   }
   const hash = leafHash(entry.canonical);
   if (!hash.equals(entry.leafHash)) throw new LedgerCheckFailure(name, 'the canonical bytes do not hash to the stored leaf hash');
@@ -124,7 +162,7 @@ export function checkEntry(entry: LedgerEntry): Buffer {
  */
 export async function verifyCheckpointRun(options: VerifyOptions, base: StoredCheckpoint | null, checkpoints: readonly StoredCheckpoint[]): Promise<RunResult> {
   const { db, origin, verifier } = options;
-  const pageSize = options.pageSize ?? 2_000;
+  const pageSize = options.pageSize ?? 5_000;
   const reader = new SqlHashReader(db, origin);
   let previous = base ? checkStoredCheckpoint(base, origin, verifier) : null;
   let frontier = MerkleFrontier.empty();
@@ -149,11 +187,11 @@ export async function verifyCheckpointRun(options: VerifyOptions, base: StoredCh
     const signed = checkStoredCheckpoint(target, origin, verifier);
     while (frontier.size < signed.size) {
       const want = Math.min(pageSize, signed.size - frontier.size);
-      const page = await readEntries(db, origin, { fromIndex: frontier.size, limit: want });
-      const created: { node: StoredNode; entry: LedgerEntry }[] = [];
+      const page = await readVerifiableLeaves(db, origin, frontier.size, want);
+      const created: { node: StoredNode; entry: VerifiableLeaf }[] = [];
       for (const entry of page) {
         if (entry.leafIndex !== frontier.size) throw new LedgerCheckFailure(leafName(frontier.size), `missing (the next stored leaf is ${entry.leafIndex}, event ${entry.eventId})`);
-        for (const node of frontier.append(checkEntry(entry))) created.push({ node, entry });
+        for (const node of frontier.append(checkEntry(entry, { canonical: options.checkCanonical === true }))) created.push({ node, entry });
       }
       if (page.length < want) throw new LedgerCheckFailure(leafName(frontier.size), `missing (checkpoint ${signed.size} covers it)`);
       await compareStoredHashes(db, origin, created);
@@ -186,34 +224,26 @@ export async function verifyCheckpointRun(options: VerifyOptions, base: StoredCh
   };
 }
 
-/** Compares the recomputed subtree hashes with the stored ones (one query per 1,000 nodes). */
-async function compareStoredHashes(db: Queryable, origin: string, created: readonly { node: StoredNode; entry: LedgerEntry }[]): Promise<void> {
-  const reader = new SqlHashReader(db, origin);
-  for (let at = 0; at < created.length; at += 1_000) {
-    const chunk = created.slice(at, at + 1_000);
-    let stored: Buffer[];
-    try {
-      stored = await reader.readHashes(chunk.map(({ node }) => node));
-    } catch (err) {
-      if (!isLedgerError(err)) throw err;
-      // Name the first node that is missing.
-      for (const { node, entry } of chunk) {
-        try {
-          await reader.readHashes([node]);
-        } catch {
-          throw new LedgerCheckFailure(nodeName(node, entry), 'its hash is not stored');
-        }
-      }
-      throw new LedgerCheckFailure('ledger hashes', reasonOf(err));
+/** Compares the recomputed subtree hashes with the stored ones: one range read per level, one statement. */
+async function compareStoredHashes(db: Queryable, origin: string, created: readonly { node: StoredNode; entry: VerifiableLeaf }[]): Promise<void> {
+  const ranges = new Map<number, { level: number; from: number; to: number }>();
+  for (const { node } of created) {
+    const range = ranges.get(node.level);
+    if (!range) ranges.set(node.level, { level: node.level, from: node.index, to: node.index + 1 });
+    else {
+      range.from = Math.min(range.from, node.index);
+      range.to = Math.max(range.to, node.index + 1);
     }
-    chunk.forEach(({ node, entry }, n) => {
-      const hash = stored[n]!;
-      if (hash.length !== HASH_SIZE || !hash.equals(node.hash)) throw new LedgerCheckFailure(nodeName(node, entry), 'the stored tree hash differs from the one recomputed from the leaves');
-    });
+  }
+  const stored = await readHashRanges(db, origin, [...ranges.values()]);
+  for (const { node, entry } of created) {
+    const hash = stored.get(`${node.level}/${node.index}`);
+    if (hash === undefined) throw new LedgerCheckFailure(nodeName(node, entry), 'its hash is not stored');
+    if (hash.length !== HASH_SIZE || !hash.equals(node.hash)) throw new LedgerCheckFailure(nodeName(node, entry), 'the stored tree hash differs from the one recomputed from the leaves');
   }
 }
 
-function nodeName(node: StoredNode, entry: LedgerEntry): string {
+function nodeName(node: StoredNode, entry: { leafIndex: number; eventId: string }): string {
   if (node.level === 0) return leafName(node.index, entry.eventId);
   const first = node.index * 2 ** node.level;
   return `node ${node.level}/${node.index} (leaves ${first}-${first + 2 ** node.level - 1}, completed by ${leafName(entry.leafIndex, entry.eventId)})`;
@@ -266,7 +296,7 @@ export async function verifyEvent(options: VerifyOptions, eventId: string): Prom
   const { db, origin, verifier } = options;
   const entry = await findEntry(db, origin, eventId);
   if (!entry) throw new LedgerLookupError(`event ${eventId} is not in ledger ${origin}`);
-  const hash = checkEntry(entry);
+  const hash = checkEntry({ ...entry, occurredAtMs: Date.parse(entry.occurredAt) }, { canonical: true });
   const stored = await coveringCheckpoint(db, origin, entry.leafIndex);
   if (!stored) throw new LedgerLookupError(`event ${eventId} (leaf ${entry.leafIndex}) is not sealed in a checkpoint yet; try again in a few seconds`);
   const signed = checkStoredCheckpoint(stored, origin, verifier);
@@ -281,16 +311,12 @@ export async function verifyEvent(options: VerifyOptions, eventId: string): Prom
 }
 
 /**
- * What every verification command does on a LedgerCheckFailure: count it, and freeze the ledger when `freeze` (the
- * `ledger.freezeOnVerificationFailure` setting). Returns whether it froze.
+ * What every verification command does on a LedgerCheckFailure: count it in the database (the consumers export the
+ * count as caracal_merkle_verification_failures_total: a command has no metrics endpoint of its own), and freeze the
+ * ledger when `freeze` (the `ledger.freezeOnVerificationFailure` setting). Returns whether it froze.
  */
-export async function handleCheckFailure(
-  db: Queryable,
-  origin: string,
-  failure: LedgerCheckFailure,
-  options: { freeze: boolean; metrics?: { verificationFailed(): void } },
-): Promise<boolean> {
-  options.metrics?.verificationFailed();
+export async function handleCheckFailure(db: Queryable, origin: string, failure: LedgerCheckFailure, options: { freeze: boolean }): Promise<boolean> {
+  await recordVerificationFailure(db, origin);
   if (!options.freeze) return false;
   await freezeLedger(db, origin, failure.message);
   return true;

@@ -8,6 +8,7 @@ import type { CaracalConfig } from '../config/schema.js';
 import { CaracalError } from '../errors/catalog.js';
 import type { Logger } from '../logging/logger.js';
 import type { Db } from '../store/db.js';
+import { isOutage } from '../util/retry.js';
 import { createEcdsaNoteSigner, type EcdsaNoteSigner } from './note.js';
 import {
   appendEvents,
@@ -15,6 +16,7 @@ import {
   LedgerFrozenError,
   LedgerVerificationError,
   readSequencer,
+  recordVerificationFailure,
   sealCheckpoint,
   type AppendResult,
   type LedgerEntryInput,
@@ -68,7 +70,8 @@ export interface LedgerWriterObserver {
   treeSize?(treeSize: number): void;
   /** Seconds since the newest checkpoint was signed (database clock), refreshed by the timer. */
   checkpointAge?(seconds: number): void;
-  verificationFailed?(): void;
+  /** The verification failures recorded for the tree (database count: the writer's and the commands'). */
+  verificationFailures?(total: number): void;
 }
 
 export interface LedgerWriterOptions {
@@ -88,12 +91,25 @@ export interface SliceResult extends AppendResult {
   sealed: SealResult | null;
 }
 
+interface PendingSlice {
+  entries: readonly LedgerEntryInput[];
+  resolve: (result: SliceResult) => void;
+  reject: (err: unknown) => void;
+}
+
+/** At most this many entries go into one group transaction (a single slice larger than this goes alone). */
+const MAX_GROUP_ENTRIES = 5_000;
+
+
+
 /**
  * Appends slices (one transaction each, sealing a checkpoint in the same transaction when one is due) and runs the
  * seal timer. Several writers — in one process or many — may share a tree: the sequencer row lock orders them.
  */
 export class LedgerWriter {
   private timer: NodeJS.Timeout | undefined;
+  private readonly queue: PendingSlice[] = [];
+  private draining = false;
   private ticking: Promise<void> | undefined;
   private frozenLogged = false;
 
@@ -103,19 +119,89 @@ export class LedgerWriter {
     return this.options.origin;
   }
 
-  /** Appends `entries` (skipping those already in the tree) in one transaction; seals when the batch is full or old. */
-  async append(entries: readonly LedgerEntryInput[]): Promise<SliceResult> {
+  /**
+   * Appends `entries` (skipping those already in the tree) and seals when the batch is full or old. Slices that
+   * arrive while a transaction is running wait and then go together in the next one (group commit, no timer): the
+   * sequencer lock lets only one transaction of a tree run at a time anyway, so partitions handled concurrently
+   * share its cost instead of queueing on the lock. Each caller gets its own slice's outcome. A group that fails for
+   * anything but a retriable reason (outage, frozen, verification) is redone slice by slice, so one bad slice cannot
+   * fail its neighbours.
+   */
+  append(entries: readonly LedgerEntryInput[]): Promise<SliceResult> {
+    return new Promise<SliceResult>((resolve, reject) => {
+      this.queue.push({ entries, resolve, reject });
+      if (!this.draining) void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.draining = true;
+    try {
+      while (this.queue.length > 0) {
+        const group: PendingSlice[] = [this.queue.shift()!];
+        let size = group[0]!.entries.length;
+        while (this.queue.length > 0 && size + this.queue[0]!.entries.length <= MAX_GROUP_ENTRIES) {
+          const next = this.queue.shift()!;
+          size += next.entries.length;
+          group.push(next);
+        }
+        try {
+          if (process.env.DBG_GROUPS) console.error('group', group.length, size);
+          const results = await this.appendGroup(group.map((slice) => slice.entries));
+          group.forEach((slice, n) => slice.resolve(results[n]!));
+        } catch (err) {
+          if (group.length === 1 || isOutage(err)) {
+            for (const slice of group) slice.reject(err);
+            continue;
+          }
+          for (const slice of group) {
+            await this.appendGroup([slice.entries]).then(
+              (results) => slice.resolve(results[0]!),
+              (sliceErr: unknown) => slice.reject(sliceErr),
+            );
+          }
+        }
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  /** One transaction: the slices' entries in order, then a checkpoint when one is due; each slice's share of it. */
+  private async appendGroup(slices: readonly (readonly LedgerEntryInput[])[]): Promise<SliceResult[]> {
     const { db, origin, signer, batchMaxEvents, batchMaxMs } = this.options;
+    const all = slices.length === 1 ? slices[0]! : slices.flat();
     const result = await this.guard(() =>
       db.transaction(async (tx) => {
-        const appended = await appendEvents(tx, origin, entries);
+        const appended = await appendEvents(tx, origin, all);
         const pending = appended.treeSize - appended.checkpointSize;
         const due = pending > 0 && (pending >= batchMaxEvents || appended.openMs >= batchMaxMs);
         return { ...appended, sealed: due ? await sealCheckpoint(tx, origin, signer) : null };
       }),
     );
     this.report(result.treeSize, result.sealed);
-    return result;
+    if (slices.length === 1) return [result];
+    let offset = 0;
+    let nextIndex = result.firstIndex;
+    return slices.map((slice) => {
+      const outcomes = result.outcomes.slice(offset, offset + slice.length);
+      const share: SliceResult = {
+        ...result,
+        appended: 0,
+        skipped: [],
+        conflicts: [],
+        outcomes,
+        firstIndex: nextIndex,
+      };
+      outcomes.forEach((outcome, n) => {
+        if (outcome === 'appended') share.appended++;
+        else share.skipped.push(slice[n]!.eventId);
+        if (outcome === 'conflict') share.conflicts.push(slice[n]!.eventId);
+      });
+      offset += slice.length;
+      nextIndex += share.appended;
+      return share;
+    });
   }
 
   /** Seals a checkpoint of whatever is not in one yet; null when nothing is. */
@@ -132,6 +218,7 @@ export class LedgerWriter {
     if (!state) return null;
     const observer = this.options.observer?.();
     observer?.treeSize?.(state.treeSize);
+    observer?.verificationFailures?.(state.verificationFailures);
     if (state.frozenAt !== null) {
       if (!this.frozenLogged) this.options.logger.warn({ origin: state.origin, reason: state.frozenReason }, 'the ledger is frozen; nothing is appended or signed until it is resumed');
       this.frozenLogged = true;
@@ -189,8 +276,11 @@ export class LedgerWriter {
       return await fn();
     } catch (err) {
       if (err instanceof LedgerVerificationError) {
-        this.options.observer?.()?.verificationFailed?.();
         this.options.logger.error({ err, origin: this.options.origin }, 'ledger verification failed; nothing was signed');
+        await recordVerificationFailure(this.options.db, this.options.origin).then(
+          (total) => this.options.observer?.()?.verificationFailures?.(total),
+          (recordErr: unknown) => this.options.logger.error({ err: recordErr }, 'could not count the ledger verification failure'),
+        );
         if (this.options.freezeOnVerificationFailure) {
           await freezeLedger(this.options.db, this.options.origin, err.message).catch((freezeErr) =>
             this.options.logger.error({ err: freezeErr }, 'could not freeze the ledger after a verification failure'),

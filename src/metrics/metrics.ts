@@ -173,7 +173,7 @@ export class ConsumerMetrics {
     this.merkleCheckpointAge = new Gauge({ name: 'caracal_merkle_checkpoint_age_seconds', help: 'Seconds since the newest ledger checkpoint was signed', registers });
     this.merkleVerificationFailures = new Counter({
       name: 'caracal_merkle_verification_failures_total',
-      help: 'Ledger roots or consistency proofs that did not verify (nothing was signed)',
+      help: 'Ledger verification failures recorded in the database: by the writer before signing (nothing was signed) and by merkle verify-* commands',
       registers,
     });
   }

@@ -4,8 +4,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { startConsumers, type RunningConsumers } from '../../src/consumers/index.js';
-import { generateEcdsaKeyPairPem } from '../../src/ledger/index.js';
-import { findEntry, ledgerEntryOf, readSequencer } from '../../src/ledger/store.js';
+import { generateEcdsaKeyPairPem, leafHash } from '../../src/ledger/index.js';
+import { findEntry, ledgerEntryOf, readSequencer, type LedgerEntryInput } from '../../src/ledger/store.js';
 import { LedgerWriter, loadLedgerSigner } from '../../src/ledger/writer.js';
 import { createLogger } from '../../src/logging/logger.js';
 import type { Db } from '../../src/store/db.js';
@@ -23,7 +23,7 @@ interface Seeded {
   eventIds: string[];
 }
 
-const TAMPERS = ['canonical byte', 'deleted entry', 'forged entry', 'reordered entries', 'stored hash', 'checkpoint note'] as const;
+const TAMPERS = ['canonical byte', 'deleted entry', 'forged entry', 'reordered entries', 'stored hash', 'checkpoint note', 'query column'] as const;
 type Tamper = (typeof TAMPERS)[number];
 
 /** What each tamper must be reported as, by verify-batch --batch-id 10 and verify-range (leaves 5-9 are batch 10). */
@@ -34,7 +34,24 @@ const EXPECTED: Record<Tamper, (s: Seeded) => RegExp> = {
   'reordered entries': (s) => new RegExp(`leaf 6 \\(event ${s.eventIds[7]}\\): the stored tree hash differs`),
   'stored hash': () => /node 1\/3 \(leaves 6-7/,
   'checkpoint note': () => /checkpoint 10: the signed note does not verify/,
+  'query column': (s) => new RegExp(`leaf 7 \\(event ${s.eventIds[7]}\\): the stored subject is not the one in the canonical bytes`),
 };
+
+/** A forged row as a careful attacker writes it: every column consistent with its own canonical bytes. */
+const FORGED_ROW = `INSERT INTO ledger_entries (origin, leaf_index, event_id, event_type, subject, decision_id, request_id, occurred_at, canonical, leaf_hash)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, decode($9, 'base64'), decode($10, 'hex'))`;
+const forgedRow = (origin: string, index: number, e: LedgerEntryInput) => [
+  origin,
+  index,
+  e.eventId,
+  e.eventType,
+  e.subject,
+  e.decisionId,
+  e.requestId,
+  e.occurredAt,
+  e.canonical.toString('base64'),
+  e.leafHash.toString('hex'),
+];
 
 /** Statements run as an attacker with table-owner rights: the append-only triggers are off for the transaction. */
 async function asOwner(db: Db, fn: (q: (sql: string, params?: unknown[]) => Promise<unknown>) => Promise<void>): Promise<void> {
@@ -103,13 +120,13 @@ describe.each(BACKENDS)('caracal ledger and merkle commands on the %s backend', 
         case 'forged entry': {
           await q('DELETE FROM ledger_entries WHERE origin = $1 AND leaf_index = 7', [o]);
           const forged = ledgerEntryOf(JSON.parse(JSON.stringify({ ...decisionEvent(s.agent, 'forged'), id: `forged-${randomName('x')}` })));
-          await q(
-            `INSERT INTO ledger_entries (origin, leaf_index, event_id, event_type, subject, occurred_at, canonical, leaf_hash)
-             VALUES ($1, 7, $2, $3, $4, $5, decode($6, 'base64'), decode($7, 'hex'))`,
-            [o, forged.eventId, forged.eventType, forged.subject, forged.occurredAt, forged.canonical.toString('base64'), forged.leafHash.toString('hex')],
-          );
+          await q(FORGED_ROW, forgedRow(o, 7, forged));
           break;
         }
+        case 'query column':
+          // The bytes and hashes stay as signed; only what `ledger query` filters on now names another agent.
+          await q("UPDATE ledger_entries SET subject = 'someone-else' WHERE origin = $1 AND leaf_index = 7", [o]);
+          break;
         case 'reordered entries':
           await q('UPDATE ledger_entries SET leaf_index = 1000000 WHERE origin = $1 AND leaf_index = 6', [o]);
           await q('UPDATE ledger_entries SET leaf_index = 6 WHERE origin = $1 AND leaf_index = 7', [o]);
@@ -142,12 +159,18 @@ describe.each(BACKENDS)('caracal ledger and merkle commands on the %s backend', 
       const beyond = await seed(db, 'beyond');
       const forged = ledgerEntryOf(JSON.parse(JSON.stringify({ ...decisionEvent(beyond.agent, 'late'), id: 'forged-late' })));
       await asOwner(db, async (q) => {
-        await q(
-          `INSERT INTO ledger_entries (origin, leaf_index, event_id, event_type, subject, occurred_at, canonical, leaf_hash)
-           VALUES ($1, 18, $2, $3, $4, $5, decode($6, 'base64'), decode($7, 'hex'))`,
-          [beyond.origin, forged.eventId, forged.eventType, forged.subject, forged.occurredAt, forged.canonical.toString('base64'), forged.leafHash.toString('hex')],
-        );
+        await q(FORGED_ROW, forgedRow(beyond.origin, 18, forged));
       });
+      // Bytes that hash consistently but are not RFC 8785 (a key out of order): what a buggy writer would store.
+      const o = `caracal.test/${randomName('noncanonical')}`;
+      const agent = randomName('agent');
+      const writer = new LedgerWriter({ db, origin: o, signer: loadLedgerSigner(configOf(o)), batchMaxEvents: 4, batchMaxMs: 3_600_000, freezeOnVerificationFailure: true, logger: createLogger('silent') });
+      const entries = Array.from({ length: 4 }, (_, i) => ledgerEntryOf(JSON.parse(JSON.stringify(decisionEvent(agent, `n${i}`)))));
+      const event = JSON.parse(entries[2]!.canonical.toString('utf8')) as Record<string, unknown>;
+      const unsorted = Buffer.from(JSON.stringify({ type: event.type, ...event }), 'utf8');
+      entries[2] = { ...entries[2]!, canonical: unsorted, leafHash: leafHash(unsorted) };
+      await writer.append(entries);
+      seeded.set('noncanonical', { origin: o, agent, eventIds: entries.map((e) => e.eventId) });
     });
   }, 120_000);
 
@@ -189,10 +212,14 @@ describe.each(BACKENDS)('caracal ledger and merkle commands on the %s backend', 
     const s = seeded.get(kind.replace(/ /g, '_'))!;
     const run = on(s.origin);
     const expected = EXPECTED[kind](s);
+    const failures = async () => (await withDb((db) => readSequencer(db, s.origin)))!.verificationFailures;
+    const before = await failures();
     const batch = await run('merkle', 'verify-batch', '--batch-id', '10');
     expectOneLineError(batch, expected);
     expect(batch.err).toMatch(/the ledger is now frozen/);
     expectOneLineError(await run('merkle', 'verify-range', '--start-time', '-1h', '--end-time', 'now'), expected);
+    // Each failure is counted where the consumers' caracal_merkle_verification_failures_total reads it.
+    expect(await failures()).toBe(before + 2);
     // The batch before is still fine on its own.
     expect((await run('merkle', 'verify-batch', '--batch-id', '5')).code).toBe(0);
     const status = await run('merkle', 'status');
@@ -204,6 +231,18 @@ describe.each(BACKENDS)('caracal ledger and merkle commands on the %s backend', 
     expect((await run('merkle', 'status')).out).toMatch(/status\s+active/);
     expect((await run('merkle', 'resume')).out).toMatch(/was not frozen/);
   }, 120_000);
+
+  it('checks the RFC 8785 form of every stored event only with --check-canonical', async () => {
+    const s = seeded.get('noncanonical')!;
+    const run = on(s.origin);
+    const plain = await run('merkle', 'verify-batch', '--batch-id', '4');
+    expect(plain.err).toBe('');
+    expect(plain.code).toBe(0);
+    const strict = await run('merkle', 'verify-batch', '--batch-id', '4', '--check-canonical');
+    expectOneLineError(strict, new RegExp(`leaf 2 \\(event ${s.eventIds[2]}\\): the stored canonical bytes are not RFC 8785 canonical JSON`));
+    expect((await run('merkle', 'resume')).code).toBe(0);
+    expectOneLineError(await run('merkle', 'verify-range', '--start-time', '-1h', '--check-canonical'), /leaf 2 .*not RFC 8785/);
+  }, 60_000);
 
   it('catches a leaf stored beyond the tree size in verify-range', async () => {
     const run = on(seeded.get('beyond')!.origin);

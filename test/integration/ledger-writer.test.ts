@@ -32,6 +32,7 @@ import {
   proveInclusion,
   readEntries,
   readSequencer,
+  recordVerificationFailure,
   resumeLedger,
 } from '../../src/ledger/store.js';
 import { LedgerWriter, ledgerSigningKeyPath, loadLedgerSigner } from '../../src/ledger/writer.js';
@@ -199,6 +200,62 @@ describe.each(BACKENDS)('the ledger writer on the %s backend', (backend) => {
     expect((await readSequencer(h.ctx.db, origin))!.treeSize).toBe(mainSize);
   }, 60_000);
 
+  it('groups slices that arrive during a transaction into the next one, answers each for its own, and redoes a failed group slice by slice', async () => {
+    const otherOrigin = `caracal.test/${randomName('group')}`;
+    const signer = createEcdsaNoteSigner(otherOrigin, generateEcdsaKeyPairPem().privateKeyPem);
+    let transactions = 0;
+    let failNext = false;
+    // The database as the writer sees it, counting transactions and failing one on demand (not an outage).
+    const db = new Proxy(h.ctx.db, {
+      get(target, prop, receiver) {
+        if (prop === 'transaction') {
+          return (fn: Parameters<Db['transaction']>[0]) => {
+            transactions++;
+            if (failNext) {
+              failNext = false;
+              return Promise.reject(new Error('a statement failed'));
+            }
+            return target.transaction(fn);
+          };
+        }
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const writer = new LedgerWriter({ db, origin: otherOrigin, signer, batchMaxEvents: 1_000, batchMaxMs: 3_600_000, freezeOnVerificationFailure: true, logger: createLogger('silent') });
+    const key = randomName('group');
+    const entries = Array.from({ length: 60 }, (_, i) => ledgerEntryOf(JSON.parse(JSON.stringify(decisionEvent(key, `g${i}`)))));
+    const otherContent = ledgerEntryOf(JSON.parse(JSON.stringify({ ...decisionEvent(key, 'g12'), id: entries[12]!.eventId })));
+    const [a, b, c] = [entries.slice(0, 10), [...entries.slice(10, 20), entries[3]!], [...entries.slice(20, 30), otherContent]];
+    // a starts a transaction at once; b and c arrive while it runs and share the next one.
+    const [ra, rb, rc] = await Promise.all([writer.append(a), writer.append(b), writer.append(c)]);
+    expect(transactions).toBe(2);
+    expect(ra).toMatchObject({ appended: 10, skipped: [], conflicts: [], firstIndex: 0 });
+    expect(rb).toMatchObject({ appended: 10, skipped: [entries[3]!.eventId], conflicts: [], firstIndex: 10, treeSize: 30 });
+    expect(rc).toMatchObject({ appended: 10, skipped: [entries[12]!.eventId], conflicts: [entries[12]!.eventId], firstIndex: 20, treeSize: 30 });
+    expect(rb.outcomes).toEqual([...Array(10).fill('appended'), 'skipped']);
+    expect(rc.outcomes).toEqual([...Array(10).fill('appended'), 'conflict']);
+    expect((await readEntries(h.ctx.db, otherOrigin, { limit: 100 })).map((e) => e.eventId)).toEqual(entries.slice(0, 30).map((e) => e.eventId));
+
+    // A group whose transaction fails for a reason other than an outage is redone one slice per transaction.
+    transactions = 0;
+    const [d, e, f] = [entries.slice(30, 40), entries.slice(40, 50), entries.slice(50, 60)];
+    const first = writer.append(d);
+    failNext = true; // d's transaction is already running: the next one, the group of e and f, fails
+    const [rd, re, rf] = await Promise.all([first, writer.append(e), writer.append(f)]);
+    expect(transactions).toBe(4);
+    expect([rd.firstIndex, re.firstIndex, rf.firstIndex]).toEqual([30, 40, 50]);
+    expect([rd, re, rf].map((r) => r.appended)).toEqual([10, 10, 10]);
+    expect(await writer.seal()).toMatchObject({ treeSize: 60 });
+    await verifyLedger(h.ctx.db, otherOrigin, parseVerifierKey(signer.verifierKey));
+  }, 60_000);
+
+  it('follows verification failures recorded by other processes (merkle verify-* commands) in caracal_merkle_verification_failures_total', async () => {
+    const metricValue = async () => Number(/_total (\d+)/.exec(await metrics.registry.getSingleMetricAsString('caracal_merkle_verification_failures_total'))?.[1] ?? NaN);
+    const recorded = await recordVerificationFailure(h.ctx.db, origin); // what handleCheckFailure does in a command
+    expect(await until(async () => (await metricValue()) === recorded, 15_000)).toBe(true);
+  }, 60_000);
+
   it('adds no leaf for a redelivered event: the same event twice, or the whole topic again from another group', async () => {
     const key = randomName('again');
     const event = decisionEvent(key, 'once');
@@ -301,20 +358,26 @@ describe.each(BACKENDS)('the ledger writer on the %s backend', (backend) => {
     const behind = decisionEvent(key, 'behind');
     // Valid for the event schema, but a lone surrogate has no canonical JSON (not I-JSON): poison for the ledger only.
     const surrogate = JSON.stringify(decisionEvent(key, 'surrogate')).replace('"method":"GET"', '"method":"\\ud800"');
+    // Valid too, but longer than a tile entry bundle can carry (uint16 length): refused rather than sealed unservable.
+    const hugeEvent = decisionEvent(key, 'huge');
+    const huge = { ...hugeEvent, data: { ...hugeEvent.data, path: `/${'a'.repeat(70_000)}` } };
     await (await h.ctx.events()).publish(h.ctx.topics.decisions, [
       eventMessage(key, before),
       { key, value: 'this is not json' },
       { key, value: surrogate },
+      eventMessage(key, huge),
       eventMessage(key, behind),
     ]);
     const dead = async () => (await listDlqEntries(h.ctx.db)).filter((e) => e.key === key && e.consumerGroup === ledgerGroup());
-    expect(await until(async () => (await dead()).length === 2, 60_000)).toBe(true);
+    expect(await until(async () => (await dead()).length === 3, 60_000)).toBe(true);
     const entries = await dead();
     expect(entries.map((e) => e.error).join('\n')).toMatch(/not valid JSON/);
     expect(entries.map((e) => e.error).join('\n')).toMatch(/PoisonMessage: event cannot be a ledger leaf/);
+    expect(entries.map((e) => e.error).join('\n')).toMatch(/a ledger leaf holds at most 65535/);
     for (const e of entries) expect(e.attempts).toBe(1);
     expect(await until(async () => (await sealed(before.id)) && (await sealed(behind.id)), 30_000)).toBe(true);
     expect(await countEntries('decision_id', `${key}-surrogate`)).toBe(0);
+    expect(await countEntries('decision_id', `${key}-huge`)).toBe(0);
     await verifyLedger(h.ctx.db, origin, verifier);
   }, 120_000);
 
