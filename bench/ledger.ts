@@ -19,7 +19,7 @@
  *
  * With DATABASE_URL set it runs on PostgreSQL (fresh schema, dropped at the end), else on PGlite in a temp
  * directory. Env: BENCH_LEDGER_SEAL_EVENTS (50000), BENCH_LEDGER_RATE (events/s, 2000), BENCH_LEDGER_SECONDS (20),
- * BENCH_LEDGER_LEAVES (1000000), BENCH_LEDGER_PROOFS (2000).
+ * BENCH_LEDGER_LEAVES (1000000), BENCH_LEDGER_PROOFS (2000), BENCH_LEDGER_KEEP=1 (keep the schema, for EXPLAIN).
  */
 import { randomBytes, randomInt } from 'node:crypto';
 import { rmSync } from 'node:fs';

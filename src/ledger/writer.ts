@@ -146,7 +146,6 @@ export class LedgerWriter {
           group.push(next);
         }
         try {
-          if (process.env.DBG_GROUPS) console.error('group', group.length, size);
           const results = await this.appendGroup(group.map((slice) => slice.entries));
           group.forEach((slice, n) => slice.resolve(results[n]!));
         } catch (err) {
