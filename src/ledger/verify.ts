@@ -141,13 +141,18 @@ export function checkEntry(entry: CheckedLeaf, options: { canonical?: boolean } 
   for (const [what, stored, inEvent] of columns) {
     if (stored !== undefined && stored !== inEvent) throw new LedgerCheckFailure(name, `the stored ${what} is not the one in the canonical bytes`);
   }
-  if (entry.occurredAtMs !== undefined && typeof event.time === 'string') {
+  return checkTimeAndHash(entry, event.time);
+}
+
+/** The last two checks of a leaf: its time column against the event's `time`, and its stored leaf hash. */
+function checkTimeAndHash(entry: CheckedLeaf, eventTime: unknown): Buffer {
+  if (entry.occurredAtMs !== undefined && typeof eventTime === 'string') {
     // The writer stored the time as PostgreSQL parsed it; a time JavaScript cannot parse is left to the hash.
-    const ms = Date.parse(event.time);
-    if (Number.isFinite(ms) && ms !== entry.occurredAtMs) throw new LedgerCheckFailure(name, 'the stored event time is not the one in the canonical bytes');
+    const ms = Date.parse(eventTime);
+    if (Number.isFinite(ms) && ms !== entry.occurredAtMs) throw new LedgerCheckFailure(leafName(entry.leafIndex, entry.eventId), 'the stored event time is not the one in the canonical bytes');
   }
   const hash = leafHash(entry.canonical);
-  if (!hash.equals(entry.leafHash)) throw new LedgerCheckFailure(name, 'the canonical bytes do not hash to the stored leaf hash');
+  if (!hash.equals(entry.leafHash)) throw new LedgerCheckFailure(leafName(entry.leafIndex, entry.eventId), 'the canonical bytes do not hash to the stored leaf hash');
   return hash;
 }
 
@@ -175,45 +180,55 @@ export async function verifyCheckpointRun(options: VerifyOptions, base: StoredCh
     if (!frontier.root().equals(previous.root)) throw new LedgerCheckFailure(`checkpoint ${previous.size}`, 'the stored hashes do not give its signed root');
   }
   const fromSize = frontier.size;
-  const last = checkpoints.at(-1);
-  const toSize = last ? last.treeSize : fromSize;
+  // Every signature first (cheap), in size order; then the leaves in pages that ignore batch boundaries.
+  const signed: { size: number; root: Buffer }[] = [];
+  for (const target of checkpoints) {
+    const last = signed.at(-1)?.size ?? fromSize;
+    if (target.treeSize <= last) throw new LedgerCheckFailure(`checkpoint ${target.treeSize}`, `checkpoints are not in increasing size order after ${last}`);
+    signed.push(checkStoredCheckpoint(target, origin, verifier));
+  }
+  const toSize = signed.at(-1)?.size ?? fromSize;
   const total = toSize - fromSize;
   let consistencyProofs = 0;
   let lastProgress = Date.now();
   let next = 0; // the next checkpoint to reach
-  while (next < checkpoints.length) {
-    const target = checkpoints[next]!;
-    if (target.treeSize <= frontier.size) throw new LedgerCheckFailure(`checkpoint ${target.treeSize}`, `checkpoints are not in increasing size order after ${frontier.size}`);
-    const signed = checkStoredCheckpoint(target, origin, verifier);
-    while (frontier.size < signed.size) {
-      const want = Math.min(pageSize, signed.size - frontier.size);
-      const page = await readVerifiableLeaves(db, origin, frontier.size, want);
-      const created: { node: StoredNode; entry: VerifiableLeaf }[] = [];
-      for (const entry of page) {
-        if (entry.leafIndex !== frontier.size) throw new LedgerCheckFailure(leafName(frontier.size), `missing (the next stored leaf is ${entry.leafIndex}, event ${entry.eventId})`);
-        for (const node of frontier.append(checkEntry(entry, { canonical: options.checkCanonical === true }))) created.push({ node, entry });
-      }
-      if (page.length < want) throw new LedgerCheckFailure(leafName(frontier.size), `missing (checkpoint ${signed.size} covers it)`);
-      await compareStoredHashes(db, origin, created);
-      if (options.onProgress && Date.now() - lastProgress >= 1_000) {
-        lastProgress = Date.now();
-        options.onProgress(frontier.size - fromSize, total);
-      }
+  const read = (from: number) => readVerifiableLeaves(db, origin, from, Math.min(pageSize, toSize - from));
+  let pending = total > 0 ? read(fromSize) : null;
+  while (pending) {
+    const pageStart = frontier.size;
+    const want = Math.min(pageSize, toSize - pageStart);
+    const page = await pending;
+    // The next page is read while this one is checked.
+    pending = pageStart + want < toSize ? read(pageStart + want) : null;
+    pending?.catch(() => {}); // a failure surfaces when it is awaited; never unhandled if this page fails first
+    const created: { node: StoredNode; entry: VerifiableLeaf }[] = [];
+    // Checkpoints this page completes, with the root recomputed there: checked after the stored hashes are compared,
+    // so that a swapped or forged leaf is named rather than reported as a wrong root.
+    const reached: { checkpoint: { size: number; root: Buffer }; root: Buffer }[] = [];
+    for (const entry of page) {
+      if (entry.leafIndex !== frontier.size) throw new LedgerCheckFailure(leafName(frontier.size), `missing (the next stored leaf is ${entry.leafIndex}, event ${entry.eventId})`);
+      for (const node of frontier.append(checkEntry(entry, { canonical: options.checkCanonical === true }))) created.push({ node, entry });
+      if (frontier.size === signed[next]?.size) reached.push({ checkpoint: signed[next++]!, root: frontier.root() });
     }
-    if (!frontier.root().equals(signed.root)) {
-      throw new LedgerCheckFailure(`checkpoint ${signed.size}`, 'the root recomputed from the leaves is not the signed root');
-    }
-    if (previous && previous.size > 0) {
-      try {
-        const proof = await proveConsistency(db, origin, previous.size, signed.size);
-        verifyConsistency(previous.size, signed.size, proof, previous.root, signed.root);
-      } catch (err) {
-        throw new LedgerCheckFailure(`checkpoint ${signed.size}`, `not provably consistent with checkpoint ${previous.size}: ${reasonOf(err)}`);
+    if (page.length < want) throw new LedgerCheckFailure(leafName(frontier.size), `missing (checkpoint ${signed[next]!.size} covers it)`);
+    await compareStoredHashes(db, origin, created);
+    for (const { checkpoint: current, root } of reached) {
+      if (!root.equals(current.root)) throw new LedgerCheckFailure(`checkpoint ${current.size}`, 'the root recomputed from the leaves is not the signed root');
+      if (previous && previous.size > 0) {
+        try {
+          const proof = await proveConsistency(db, origin, previous.size, current.size);
+          verifyConsistency(previous.size, current.size, proof, previous.root, current.root);
+        } catch (err) {
+          throw new LedgerCheckFailure(`checkpoint ${current.size}`, `not provably consistent with checkpoint ${previous.size}: ${reasonOf(err)}`);
+        }
+        consistencyProofs++;
       }
-      consistencyProofs++;
+      previous = current;
     }
-    previous = signed;
-    next++;
+    if (options.onProgress && Date.now() - lastProgress >= 1_000) {
+      lastProgress = Date.now();
+      options.onProgress(frontier.size - fromSize, total);
+    }
   }
   return {
     checkpoints: checkpoints.map((c) => ({ size: c.treeSize, signedAt: c.signedAt })),
