@@ -2,11 +2,9 @@
 // (transparency-dev/formats note + log, golang.org/x/mod sumdb/note + sumdb/tlog). The Go side lives in
 // test/interop/go-verify (see test/interop/README.md). Needs the `go` toolchain and, on a cold module cache, the Go
 // module proxy; the build goes to a temp dir and the module cache stays in the default GOMODCACHE (~/go/pkg/mod).
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   MemoryHashStore,
@@ -25,9 +23,8 @@ import {
   verifyConsistency,
   verifyInclusion,
 } from '../../src/ledger/index.js';
+import { buildGoVerify, GO_BUILD_TIMEOUT_MS, runGoVerify } from '../helpers/go-verify.js';
 
-const GO_VERIFY_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../interop/go-verify');
-const BUILD_TIMEOUT_MS = 300_000; // a cold module cache downloads formats, x/mod, x/crypto, mldsa
 const ORIGIN = 'caracal.example/interop-ledger';
 const LEAVES = 300;
 const CHECKPOINT_SIZES = [200, 256, 300] as const;
@@ -41,24 +38,6 @@ const CONSISTENCY: ReadonlyArray<readonly [oldSize: number, newSize: number]> = 
   [256, 300],
   [200, 256],
 ];
-
-interface GoResult {
-  ok: boolean;
-  error?: string;
-  checked?: Record<string, number>;
-}
-
-function run(file: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv; timeout: number }) {
-  return new Promise<{ code: number; stdout: string; stderr: string }>((resolve, reject) => {
-    execFile(file, args, { ...options, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
-      if (error && typeof error.code !== 'number') {
-        reject(new Error(`${file} ${args.join(' ')} failed to run: ${error.message}\n${stderr}`));
-        return;
-      }
-      resolve({ code: error ? Number(error.code) : 0, stdout, stderr });
-    });
-  });
-}
 
 /** A CloudEvent-like decision event; numbers, unicode and nesting exercise the RFC 8785 leaf input. */
 function syntheticEvent(i: number): Record<string, unknown> {
@@ -88,20 +67,8 @@ describe('ledger artefacts verified by Go (transparency-dev/formats, golang.org/
   beforeAll(async () => {
     workDir = mkdtempSync(path.join(tmpdir(), 'caracal-go-interop-'));
     binary = path.join(workDir, 'go-verify');
-    // Default GOPATH/GOMODCACHE/GOCACHE (under ~/go and ~/.cache): reused across runs, never inside the repo.
-    // go.sum is committed and -mod=readonly (the default) refuses to change it; GOWORK=off ignores any go.work.
-    const env: NodeJS.ProcessEnv = { ...process.env, GOWORK: 'off' };
-    delete env.GOMODCACHE;
-    delete env.GOPATH;
-    const built = await run('go', ['build', '-mod=readonly', '-buildvcs=false', '-trimpath', '-o', binary, '.'], {
-      cwd: GO_VERIFY_DIR,
-      env,
-      timeout: BUILD_TIMEOUT_MS - 10_000,
-    }).catch((error: unknown) => {
-      throw new Error(`the Go toolchain is needed for this test (go build failed to start): ${String(error)}`);
-    });
-    if (built.code !== 0) throw new Error(`go build failed (${built.code}):\n${built.stderr}${built.stdout}`);
-  }, BUILD_TIMEOUT_MS);
+    await buildGoVerify(binary);
+  }, GO_BUILD_TIMEOUT_MS);
 
   afterAll(() => {
     if (workDir) rmSync(workDir, { recursive: true, force: true });
@@ -154,8 +121,7 @@ describe('ledger artefacts verified by Go (transparency-dev/formats, golang.org/
       inputFile,
       JSON.stringify({ origin: ORIGIN, verifierKey: signer.verifierKey, checkpoints, leaves, inclusion, consistency }),
     );
-    const result = await run(binary, [inputFile], { timeout: 60_000 });
-    const parsed = JSON.parse(result.stdout) as GoResult;
+    const { result: parsed, ...result } = await runGoVerify(binary, [inputFile]);
     expect(parsed.error ?? '', result.stderr).toBe('');
     expect(result.code).toBe(0);
     expect(parsed.ok).toBe(true);

@@ -18,7 +18,7 @@
 // asserts that tlog.ProveRecord/ProveTree, computed from the leaf hashes alone, produce exactly the same hashes.
 //
 // Usage: go-verify INPUT.json. Prints {"ok":true,"checked":{...}} and exits 0, or prints {"ok":false,"error":...} and
-// exits 1.
+// exits 1. `go-verify tiles -url …` verifies a live log over HTTP from its tiles instead (tiles.go).
 package main
 
 import (
@@ -81,12 +81,16 @@ type counts struct {
 }
 
 type result struct {
-	OK      bool    `json:"ok"`
-	Checked *counts `json:"checked,omitempty"`
-	Error   string  `json:"error,omitempty"`
+	OK      bool   `json:"ok"`
+	Checked any    `json:"checked,omitempty"` // *counts, or *tileCounts in the tiles mode
+	Error   string `json:"error,omitempty"`
 }
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "tiles" {
+		tilesMain(os.Args[2:])
+		return
+	}
 	if len(os.Args) != 2 {
 		fail(errors.New("usage: go-verify INPUT.json"))
 	}
