@@ -348,6 +348,12 @@ start_all() {
     err "services already running in $STATE; run: $0 stop $STATE"
     return 1
   fi
+  # A used state dir (an earlier run, or a failed start) holds a database and a formatted Kafka log: starting over
+  # in it half-works. Say so instead (start-kafka / start-postgres / start-redis restart one service in place).
+  if [ -d "$PG_DIR" ] || [ -d "$STATE/kafka" ]; then
+    err "$STATE was used before; start in a new or empty directory (or remove it: rm -rf $STATE)"
+    return 1
+  fi
   rm -f "$STATE/env" "$PORTS_FILE"
   mapfile -t ports < <(free_ports 4)
   [ "${#ports[@]}" -eq 4 ] || { err "could not pick free ports"; return 1; }
