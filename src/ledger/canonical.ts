@@ -1,19 +1,14 @@
 /**
- * The ledger leaf input: the RFC 8785 (JSON Canonicalization Scheme) form of an event, as UTF-8 bytes. Serialisation
- * is done by the `canonicalize` package; this module first checks that the value is plain JSON data, because that
- * package (like JSON.stringify) silently drops, converts or mangles what JSON cannot hold, and a signed ledger must
- * never record something other than what the caller handed it.
+ * The ledger leaf input: the RFC 8785 (JSON Canonicalization Scheme) form of an event, as UTF-8 bytes. One pass both
+ * checks that the value is plain JSON data and writes it: JSON.stringify (and packages built on it) silently drops,
+ * converts or mangles what JSON cannot hold, and a signed ledger must never record something other than what the
+ * caller handed it. RFC 8785 is JSON.stringify's number and string forms (ECMAScript's, which the RFC adopts) with
+ * object members sorted by their UTF-16 code units (Array.prototype.sort's default order) and no whitespace; the
+ * published vectors and a property test against the `canonicalize` package keep this honest.
  */
-import canonicalizeModule from 'canonicalize';
 import { hasLoneSurrogate } from './encoding.js';
 import { LedgerError } from './errors.js';
 import { leafHash } from './merkle.js';
-
-// The package is CommonJS with ESM-style typings: at run time the default import is the function (as in
-// src/audit/admin-actions.ts).
-type Canonicalize = (value: unknown) => string | undefined;
-const canonicalize = ((canonicalizeModule as unknown as { default?: Canonicalize }).default ??
-  canonicalizeModule) as unknown as Canonicalize;
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue | undefined };
 
@@ -26,11 +21,7 @@ export type JsonValue = null | boolean | number | string | JsonValue[] | { [key:
  * as Date, Map or Buffer (convert them first: their JSON form is a choice the caller should make), and cycles.
  */
 export function canonicalJson(value: unknown): string {
-  assertJsonData(value, '$', new Set());
-  const text = canonicalize(value);
-  // Unreachable after the check above; kept so a change in the package cannot yield a silent "undefined" leaf.
-  if (text === undefined) throw new LedgerError('NOT_CANONICAL', 'value has no JSON representation');
-  return text;
+  return write(value, [], new Set());
 }
 
 /** UTF-8 bytes of canonicalJson(value): the leaf input of the ledger. */
@@ -43,16 +34,20 @@ export function eventLeafHash(event: unknown): Buffer {
   return leafHash(canonicalBytes(event));
 }
 
-function assertJsonData(value: unknown, path: string, ancestors: Set<object>): void {
+/**
+ * The canonical text of `value`. `path` holds the keys and indexes down to it, turned into a JSONPath-like string
+ * only for an error (building it for every member was most of the cost).
+ */
+function write(value: unknown, path: (string | number)[], ancestors: Set<object>): string {
   switch (typeof value) {
     case 'boolean':
-      return;
+      return value ? 'true' : 'false';
     case 'number':
       if (!Number.isFinite(value)) throw notCanonical(path, `${value} is not a finite number`);
-      return;
+      return JSON.stringify(value);
     case 'string':
       if (hasLoneSurrogate(value)) throw notCanonical(path, 'string contains an unpaired UTF-16 surrogate');
-      return;
+      return JSON.stringify(value);
     case 'undefined':
       throw notCanonical(path, 'undefined has no JSON representation');
     case 'object':
@@ -60,14 +55,19 @@ function assertJsonData(value: unknown, path: string, ancestors: Set<object>): v
     default:
       throw notCanonical(path, `a ${typeof value} has no JSON representation`);
   }
-  if (value === null) return;
+  if (value === null) return 'null';
   if (ancestors.has(value)) throw notCanonical(path, 'value is cyclic');
   ancestors.add(value);
+  let text: string;
   if (Array.isArray(value)) {
+    text = '[';
     for (let i = 0; i < value.length; i++) {
       // Index access (not forEach) so holes of sparse arrays are seen as undefined.
-      assertJsonData(value[i], `${path}[${i}]`, ancestors);
+      path.push(i);
+      text += (i === 0 ? '' : ',') + write(value[i], path, ancestors);
+      path.pop();
     }
+    text += ']';
   } else {
     const prototype: unknown = Object.getPrototypeOf(value);
     if (prototype !== Object.prototype && prototype !== null) {
@@ -75,15 +75,26 @@ function assertJsonData(value: unknown, path: string, ancestors: Set<object>): v
       throw notCanonical(path, `${kind} is not a plain object; convert it to JSON data first`);
     }
     if (Object.getOwnPropertySymbols(value).length > 0) throw notCanonical(path, 'object has symbol keys');
-    for (const [key, member] of Object.entries(value)) {
-      const memberPath = `${path}[${JSON.stringify(key)}]`;
-      if (hasLoneSurrogate(key)) throw notCanonical(memberPath, 'key contains an unpaired UTF-16 surrogate');
-      if (member !== undefined) assertJsonData(member, memberPath, ancestors);
+    const record = value as Record<string, unknown>;
+    text = '{';
+    let first = true;
+    for (const key of Object.keys(record).sort()) {
+      path.push(key);
+      if (hasLoneSurrogate(key)) throw notCanonical(path, 'key contains an unpaired UTF-16 surrogate');
+      const member = record[key];
+      if (member !== undefined) {
+        text += (first ? '' : ',') + JSON.stringify(key) + ':' + write(member, path, ancestors);
+        first = false;
+      }
+      path.pop();
     }
+    text += '}';
   }
   ancestors.delete(value);
+  return text;
 }
 
-function notCanonical(path: string, reason: string): LedgerError {
-  return new LedgerError('NOT_CANONICAL', `cannot canonicalize ${path}: ${reason}`);
+function notCanonical(path: readonly (string | number)[], reason: string): LedgerError {
+  const at = path.map((step) => `[${typeof step === 'number' ? step : JSON.stringify(step)}]`).join('');
+  return new LedgerError('NOT_CANONICAL', `cannot canonicalize $${at}: ${reason}`);
 }

@@ -32,7 +32,10 @@ export function decodeUtf8Strict(bytes: Uint8Array, what: string, code: LedgerEr
 
 /** True when a JS string holds an unpaired surrogate, i.e. has no UTF-8 encoding (Buffer.from would emit U+FFFD). */
 export function hasLoneSurrogate(text: string): boolean {
-  return /\p{Cs}/u.test(text);
+  // String.prototype.isWellFormed (Node 20) is native and several times faster than the /\p{Cs}/u scan it replaces
+  // on the ledger's hot path (every string of every event); the regex stays for runtimes without it.
+  const native = (text as { isWellFormed?: () => boolean }).isWellFormed;
+  return native ? !native.call(text) : /\p{Cs}/u.test(text);
 }
 
 /** A decimal with no sign and no leading zeroes that fits a JS safe integer (tree sizes, indices). */

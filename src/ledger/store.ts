@@ -475,8 +475,10 @@ export async function sealCheckpoint(tx: Queryable, origin: string, signer: Note
     throw err;
   }
   const note = signCheckpoint({ origin, size: state.treeSize, rootHash: state.root }, Array.isArray(signer) ? (signer as readonly NoteSigner[]) : [signer as NoteSigner]);
-  // The primary key (origin, tree_size) refuses a second root for this size.
-  await tx.query('INSERT INTO ledger_checkpoints (origin, tree_size, root, note) VALUES ($1, $2, decode($3, \'hex\'), $4)', [
+  // The primary key (origin, tree_size) refuses a second root for this size. signed_at is the time of signing, not
+  // of the transaction's start (now()): a writer that waited for the lock must not date its checkpoint before the
+  // one it waited for.
+  await tx.query('INSERT INTO ledger_checkpoints (origin, tree_size, root, note, signed_at) VALUES ($1, $2, decode($3, \'hex\'), $4, clock_timestamp())', [
     origin,
     state.treeSize,
     state.root.toString('hex'),

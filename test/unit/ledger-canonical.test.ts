@@ -1,6 +1,11 @@
+import canonicalizeModule from 'canonicalize';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { canonicalBytes, canonicalJson, eventLeafHash, leafHash } from '../../src/ledger/index.js';
+
+// CommonJS with ESM-style typings: at run time the default import is the function.
+type Canonicalize = (value: unknown) => string | undefined;
+const referenceCanonicalize = ((canonicalizeModule as unknown as { default?: Canonicalize }).default ?? canonicalizeModule) as unknown as Canonicalize;
 
 describe('RFC 8785 canonical JSON', () => {
   it('matches the sample of cyberphone/json-canonicalization (README), byte for byte', () => {
@@ -82,6 +87,17 @@ describe('RFC 8785 canonical JSON', () => {
       }),
       { numRuns: 200 },
     );
+  });
+
+  it('writes what the `canonicalize` package (the reference implementation in JavaScript) writes, on any JSON data', () => {
+    for (const stringUnit of ['grapheme', 'grapheme-ascii'] as const) {
+      fc.assert(
+        fc.property(fc.jsonValue({ stringUnit, maxDepth: 6 }), (value) => {
+          expect(canonicalJson(value)).toBe(referenceCanonicalize(value));
+        }),
+        { numRuns: 500 },
+      );
+    }
   });
 
   it('hashes an event as the RFC 6962 leaf of its canonical bytes', () => {
