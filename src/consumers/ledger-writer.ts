@@ -2,7 +2,7 @@ import type { AppContext } from '../context.js';
 import { parseEvent } from '../events/cloudevents.js';
 import type { LogMessage } from '../events/event-log.js';
 import { isLedgerError } from '../ledger/errors.js';
-import { ledgerEntryOf, type LedgerEntryInput } from '../ledger/store.js';
+import { ledgerEntryOf, requireUtf8Database, type LedgerEntryInput } from '../ledger/store.js';
 import { LedgerWriter, loadLedgerSigner, type LedgerWriterObserver } from '../ledger/writer.js';
 import type { ConsumerMetrics } from '../metrics/metrics.js';
 import { PoisonMessage, type ConsumerRole } from './runner.js';
@@ -77,6 +77,7 @@ export function ledgerWriter(ctx: AppContext, metrics: () => ConsumerMetrics | u
     groupId: `${ctx.config.kafka.groupPrefix}ledger-writer-group`,
     topics: (c) => [c.topics.decisions, c.topics.metering],
     start: async () => {
+      await requireUtf8Database(ctx.db);
       writerOf().start(); // loads (or creates) the signing key now: a bad key fails the start, not the first event
     },
     stop: async () => {

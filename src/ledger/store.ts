@@ -2,6 +2,7 @@
 // leaves, complete-subtree hashes and signed checkpoints of one RFC 6962 tree per origin. See README.md ("Storage and
 // writer"). Every write function takes a transaction (`Queryable` inside `Db.transaction`) and begins by locking the
 // origin's sequencer row, so writers of one tree, in one process or many, take turns.
+import { isUtf8 } from 'node:buffer';
 import type { Queryable } from '../store/db.js';
 import { canonicalBytes } from './canonical.js';
 import { isLedgerError, LedgerError } from './errors.js';
@@ -262,6 +263,18 @@ export async function lockSequencer(tx: Queryable, origin: string): Promise<Sequ
   return toState(rows[0]!);
 }
 
+/**
+ * Throws unless the database stores text as UTF-8: appendEvents sends each event's canonical bytes as text, and
+ * another server encoding could not hold every event (PGlite is always UTF-8).
+ */
+export async function requireUtf8Database(db: Queryable): Promise<void> {
+  const { rows } = await db.query<{ encoding: string }>("SELECT current_setting('server_encoding') AS encoding");
+  const encoding = rows[0]?.encoding ?? 'unknown';
+  if (encoding.toUpperCase() !== 'UTF8') {
+    throw new LedgerError('INVALID_ARGUMENT', `the ledger needs a UTF8 database; this one's encoding is ${encoding} (create it with ENCODING 'UTF8')`);
+  }
+}
+
 /** The sequencer row as it is now (no lock), or null before the first append. */
 export async function readSequencer(db: Queryable, origin: string): Promise<(SequencerState & { openMs: number }) | null> {
   const { rows } = await db.query<SequencerRow>(`SELECT ${SEQUENCER_COLUMNS} FROM ledger_sequencer WHERE origin = $1`, [origin]);
@@ -358,6 +371,9 @@ export async function appendEvents(tx: Queryable, origin: string, entries: reado
     }
   }
   if (fresh.length === 0) return unchanged(skipped, conflicts, outcomes);
+  // They are sent as text below: bytes that are not UTF-8 would be stored as something other than what was hashed.
+  const notUtf8 = fresh.find((entry) => !isUtf8(entry.canonical));
+  if (notUtf8) throw new LedgerError('NOT_CANONICAL', `event ${notUtf8.eventId}: the leaf input is not UTF-8`);
 
   const frontier = await loadFrontier(tx, state);
   const nodes: StoredNode[] = [];
@@ -366,7 +382,7 @@ export async function appendEvents(tx: Queryable, origin: string, entries: reado
 
   await tx.query(
     `INSERT INTO ledger_entries (origin, leaf_index, event_id, event_type, subject, decision_id, request_id, occurred_at, topic, partition, "offset", canonical, leaf_hash)
-     SELECT $1, r.i, r.id, r.t, r.s, r.d, r.q, r.at, r.tp, r.p, r.o, decode(r.c, 'base64'), decode(r.h, 'hex')
+     SELECT $1, r.i, r.id, r.t, r.s, r.d, r.q, r.at, r.tp, r.p, r.o, convert_to(r.c, 'UTF8'), decode(r.h, 'hex')
        FROM json_to_recordset($2::json) AS r(i bigint, id text, t text, s text, d text, q text, at timestamptz, tp text, p integer, o bigint, c text, h text)`,
     [
       origin,
@@ -382,7 +398,9 @@ export async function appendEvents(tx: Queryable, origin: string, entries: reado
           tp: entry.topic,
           p: entry.partition,
           o: entry.offset,
-          c: entry.canonical.toString('base64'),
+          // The canonical bytes are UTF-8 JSON text (canonicalBytes refuses lone surrogates), so they travel as text:
+          // cheaper for the database than decoding base64 or hex (the role checks the database encoding is UTF8).
+          c: entry.canonical.toString('utf8'),
           h: entry.leafHash.toString('hex'),
         })),
       ),

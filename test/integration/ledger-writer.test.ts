@@ -1,4 +1,5 @@
 import { generateKeyPairSync } from 'node:crypto';
+import pg from 'pg';
 import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -33,17 +34,21 @@ import {
   readEntries,
   readSequencer,
   recordVerificationFailure,
+  requireUtf8Database,
   resumeLedger,
+  appendEvents,
 } from '../../src/ledger/store.js';
 import { LedgerWriter, ledgerSigningKeyPath, loadLedgerSigner } from '../../src/ledger/writer.js';
 import { createLogger } from '../../src/logging/logger.js';
 import { ConsumerMetrics } from '../../src/metrics/metrics.js';
-import type { Db } from '../../src/store/db.js';
+import type { Db, Queryable } from '../../src/store/db.js';
+import { migrateUp } from '../../src/store/migrate.js';
+import { openDb } from '../../src/store/open.js';
 import { loadConfig } from '../../src/config/load.js';
 import { decisionEvent } from '../helpers/fixtures.js';
 import { BACKENDS, createHarness, type Harness } from '../helpers/gateway-harness.js';
 import { startCli } from '../helpers/processes.js';
-import { randomName } from '../helpers/services.js';
+import { randomName, requireServices } from '../helpers/services.js';
 
 /** Polls `check` until it returns true or `timeoutMs` passes. */
 async function until(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<boolean> {
@@ -441,6 +446,46 @@ describe.each(BACKENDS)('the ledger writer on the %s backend', (backend) => {
     expect((await listDlqEntries(h.ctx.db)).filter((e) => e.key === key)).toHaveLength(0);
     await verifyLedger(h.ctx.db, origin, verifier);
   }, 120_000);
+});
+
+describe('what the ledger sends as text', () => {
+  it('refuses a database whose encoding is not UTF8, and leaf input that is not UTF-8', async () => {
+    const services = requireServices();
+    const name = randomName('latin1');
+    const admin = new pg.Client({ connectionString: services.databaseUrl });
+    await admin.connect();
+    try {
+      await admin.query(`CREATE DATABASE ${name} ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'`);
+      const url = new URL(services.databaseUrl);
+      url.pathname = `/${name}`;
+      const latin1 = new pg.Client({ connectionString: url.toString() });
+      await latin1.connect();
+      try {
+        const queryable: Queryable = { query: async (sql, params) => latin1.query(sql, params) as never };
+        await expect(requireUtf8Database(queryable)).rejects.toThrow(/the ledger needs a UTF8 database; this one's encoding is LATIN1/);
+      } finally {
+        await latin1.end();
+      }
+      const utf8: Queryable = { query: async (sql, params) => admin.query(sql, params) as never };
+      await expect(requireUtf8Database(utf8)).resolves.toBeUndefined();
+    } finally {
+      await admin.query(`DROP DATABASE IF EXISTS ${name}`).catch(() => {});
+      await admin.end();
+    }
+
+    const schema = randomName('utf8');
+    const db = await openDb(loadConfig({ env: { DATABASE_URL: services.databaseUrl, CARACAL_DB_SCHEMA: schema, CARACAL_HOME: mkdtempSync(path.join(tmpdir(), 'caracal-utf8-')) } }));
+    try {
+      await migrateUp(db);
+      const entry = ledgerEntryOf(JSON.parse(JSON.stringify(decisionEvent(randomName('k'), 'bytes'))));
+      const broken = Buffer.concat([entry.canonical.subarray(0, 10), Buffer.from([0xff]), entry.canonical.subarray(10)]);
+      await expect(db.transaction((tx) => appendEvents(tx, 'caracal.test/utf8', [{ ...entry, canonical: broken, leafHash: leafHash(broken) }]))).rejects.toThrow(/not UTF-8/);
+      expect(await readSequencer(db, 'caracal.test/utf8')).toBeNull(); // rolled back: not even the sequencer row
+    } finally {
+      await db.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await db.close();
+    }
+  }, 60_000);
 });
 
 describe('the ledger signing key', () => {
