@@ -113,6 +113,20 @@ export class RedisCache implements Cache {
     return this.run('incrBy', () => this.redis.incrby(key, delta));
   }
 
+  /**
+   * Runs a Lua script atomically (EVALSHA, loading it on first use). `keys` get the key prefix like every other key;
+   * keys a script derives from them keep it too. For the few places where several keys must change together
+   * (src/metering/redis-spend-counters.ts); everything else uses the methods above.
+   */
+  evalScript(name: string, lua: string, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    return this.run(name, async () => {
+      const command = `caracal_${name}`;
+      const client = this.redis as unknown as Record<string, (...values: (string | number)[]) => Promise<unknown>>;
+      if (typeof client[command] !== 'function') this.redis.defineCommand(command, { lua });
+      return client[command]!.call(this.redis, keys.length, ...keys, ...args);
+    });
+  }
+
   ttl(key: string): Promise<number> {
     return this.run('ttl', () => this.redis.pttl(key));
   }

@@ -1,0 +1,165 @@
+/**
+ * The `SpendCounters` port: spend and reservations per budget line, changed atomically across every line of a
+ * call (an agent's own budgets and those of each mandate above it). Reserve → settle, never check-then-act: a
+ * reservation either fits under every line's limit and is taken on all of them at once, or is taken on none.
+ * Implemented by Redis (a Lua script: atomic across gateway processes) and in-process (atomic in one process, for
+ * the embedded default). Amounts are integer micro-units.
+ */
+import { CaracalError } from '../errors/catalog.js';
+
+/** One budget the call spends against, in one window period. */
+export interface BudgetLine {
+  /** Counter key, from budgetLineKey: one per principal, window and period. */
+  key: string;
+  limitMicros: number;
+  /** When the period ends (epoch ms): its counters are kept a while longer, then dropped. */
+  periodEndMs: number;
+}
+
+export type ReserveResult =
+  | { ok: true }
+  | {
+      ok: false;
+      /** The first line the amount does not fit under, with what it holds now. */
+      key: string;
+      limitMicros: number;
+      spentMicros: number;
+      reservedMicros: number;
+      remainingMicros: number;
+    };
+
+export interface LineUsage {
+  spentMicros: number;
+  /** Held by reservations not yet settled or expired. */
+  reservedMicros: number;
+}
+
+export interface SpendCounters {
+  readonly kind: 'redis' | 'memory';
+  /**
+   * Takes `amountMicros` on every line under `reservationId` if, on each, spent + reserved + amount ≤ limit; else
+   * takes nothing and names the first line it does not fit under. The reservation lapses after `ttlMs` (a crashed
+   * request's hold is given back). Reserving an id again is refused (CARACAL_CONFLICT).
+   */
+  reserve(reservationId: string, lines: readonly BudgetLine[], amountMicros: number, ttlMs: number): Promise<ReserveResult>;
+  /**
+   * Ends the reservation on every line, giving its amount back, and adds `actualMicros` to each line's spend — also
+   * when the reservation has lapsed (the call did happen). Once per id: a second settle changes nothing.
+   */
+  settle(reservationId: string, lines: readonly BudgetLine[], actualMicros: number): Promise<void>;
+  usage(key: string): Promise<LineUsage>;
+  close(): Promise<void>;
+}
+
+/** How long a line's counters outlive its period (late settlements of long calls still land). */
+export const COUNTER_GRACE_MS = 2 * 86_400_000;
+/** How long a settled id is remembered (settle is idempotent within it). */
+export const SETTLED_MEMORY_MS = 2 * 86_400_000;
+
+/** The counter key of a principal's budget in the period starting at `periodStart`. */
+export function budgetLineKey(principalId: string, window: string, periodStart: Date): string {
+  return `spend:${principalId}:${window}:${periodStart.toISOString()}`;
+}
+
+/** Refuses what no call should pass: the same checks on both implementations. */
+export function checkReservation(reservationId: string, lines: readonly BudgetLine[], amountMicros: number, ttlMs?: number): void {
+  const bad = (what: string) => new CaracalError('CARACAL_VALIDATION', `spend counters: ${what}`);
+  if (!/^[\w.:-]{1,128}$/.test(reservationId)) throw bad('a reservation id is 1-128 characters of [A-Za-z0-9_.:-]');
+  if (!Number.isSafeInteger(amountMicros) || amountMicros < 0) throw bad(`an amount is a non-negative integer of micro-units, got ${amountMicros}`);
+  if (ttlMs !== undefined && (!Number.isSafeInteger(ttlMs) || ttlMs <= 0)) throw bad(`a reservation ttl is a positive integer of ms, got ${ttlMs}`);
+  if (lines.length === 0 || lines.length > 64) throw bad('a call spends against 1 to 64 budget lines');
+  const keys = new Set<string>();
+  for (const line of lines) {
+    if (line.key.length === 0 || line.key.length > 512) throw bad('a line key is 1-512 characters');
+    if (keys.has(line.key)) throw bad(`line ${line.key} is given twice`);
+    keys.add(line.key);
+    if (!Number.isSafeInteger(line.limitMicros) || line.limitMicros <= 0) throw bad(`a line limit is a positive integer, got ${line.limitMicros}`);
+    if (!Number.isSafeInteger(line.periodEndMs) || line.periodEndMs <= 0) throw bad(`a period end is epoch ms, got ${line.periodEndMs}`);
+  }
+}
+
+interface MemoryLine {
+  spent: number;
+  reservations: Map<string, { amount: number; expiresAt: number }>;
+  dropAt: number;
+}
+
+function dropLapsed(state: MemoryLine, now: number): void {
+  for (const [id, r] of state.reservations) if (r.expiresAt <= now) state.reservations.delete(id);
+}
+
+/** In-process spend counters: every method runs to completion without awaiting, so each is atomic in the process. */
+export class MemorySpendCounters implements SpendCounters {
+  readonly kind = 'memory' as const;
+  private readonly lines = new Map<string, MemoryLine>();
+  private readonly settled = new Map<string, number>();
+  private readonly reserved = new Map<string, number>();
+  private lastSweep = 0;
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  async reserve(reservationId: string, lines: readonly BudgetLine[], amountMicros: number, ttlMs: number): Promise<ReserveResult> {
+    checkReservation(reservationId, lines, amountMicros, ttlMs);
+    const now = this.now();
+    this.sweep(now);
+    if (this.reserved.has(reservationId) || this.settled.has(reservationId)) throw new CaracalError('CARACAL_CONFLICT', `reservation ${reservationId} exists already`);
+    const states = lines.map((line) => this.line(line, now));
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i]!;
+      const state = states[i]!;
+      const reservedMicros = [...state.reservations.values()].reduce((sum, r) => sum + r.amount, 0);
+      if (state.spent + reservedMicros + amountMicros > line.limitMicros) {
+        return { ok: false, key: line.key, limitMicros: line.limitMicros, spentMicros: state.spent, reservedMicros, remainingMicros: Math.max(0, line.limitMicros - state.spent - reservedMicros) };
+      }
+    }
+    for (const state of states) state.reservations.set(reservationId, { amount: amountMicros, expiresAt: now + ttlMs });
+    this.reserved.set(reservationId, now + ttlMs);
+    return { ok: true };
+  }
+
+  async settle(reservationId: string, lines: readonly BudgetLine[], actualMicros: number): Promise<void> {
+    checkReservation(reservationId, lines, actualMicros);
+    const now = this.now();
+    this.sweep(now);
+    if (this.settled.has(reservationId)) return;
+    this.settled.set(reservationId, now + SETTLED_MEMORY_MS);
+    this.reserved.delete(reservationId);
+    for (const line of lines) {
+      const state = this.line(line, now);
+      state.reservations.delete(reservationId);
+      state.spent += actualMicros;
+    }
+  }
+
+  async usage(key: string): Promise<LineUsage> {
+    const now = this.now();
+    this.sweep(now);
+    const state = this.lines.get(key);
+    if (!state) return { spentMicros: 0, reservedMicros: 0 };
+    dropLapsed(state, now);
+    return { spentMicros: state.spent, reservedMicros: [...state.reservations.values()].reduce((sum, r) => sum + r.amount, 0) };
+  }
+
+  async close(): Promise<void> {
+    this.lines.clear();
+  }
+
+  private line(line: BudgetLine, now: number): MemoryLine {
+    let state = this.lines.get(line.key);
+    if (!state) {
+      state = { spent: 0, reservations: new Map(), dropAt: line.periodEndMs + COUNTER_GRACE_MS };
+      this.lines.set(line.key, state);
+    }
+    dropLapsed(state, now);
+    return state;
+  }
+
+  /** Drops lapsed reservations' ids, forgotten settlements and lines past their period and grace. */
+  private sweep(now: number): void {
+    if (now - this.lastSweep < 1_000) return; // a scan of everything: at most once a second
+    this.lastSweep = now;
+    for (const [id, until] of this.reserved) if (until <= now) this.reserved.delete(id);
+    for (const [id, until] of this.settled) if (until <= now) this.settled.delete(id);
+    for (const [key, state] of this.lines) if (state.dropAt <= now) this.lines.delete(key);
+  }
+}
