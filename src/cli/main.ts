@@ -3,6 +3,7 @@ import { ZodError } from 'zod';
 import { isCaracalError } from '../errors/catalog.js';
 import { registerAgentCommands } from './commands/agent.js';
 import { registerAllowlistCommands } from './commands/allowlist.js';
+import { registerBudgetCommands } from './commands/budget.js';
 import { registerBundleCommands } from './commands/bundle.js';
 import { registerAuditCommands } from './commands/audit.js';
 import { registerConsumerCommands } from './commands/consumers.js';
@@ -35,6 +36,7 @@ export function buildProgram(runtime: () => CliRuntime, err: (text: string) => v
   registerAgentCommands(program, runtime);
   registerPolicyCommands(program, runtime);
   registerAllowlistCommands(program, runtime);
+  registerBudgetCommands(program, runtime);
   registerTokenCommands(program, runtime);
   registerDbCommands(program, runtime);
   registerPartitionCommands(program, runtime);

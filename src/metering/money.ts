@@ -20,7 +20,7 @@ const CURRENCIES: ReadonlySet<string> = new Set(Intl.supportedValuesOf('currency
 export function parseCurrency(raw: string, what = 'currency'): string {
   const code = raw.trim().toUpperCase();
   if (!/^[A-Z]{3}$/.test(code) || !CURRENCIES.has(code)) {
-    throw new CaracalError('CARACAL_VALIDATION', `${what} must be an ISO 4217 currency code such as USD or EUR, got "${raw.slice(0, 20)}"`);
+    throw new CaracalError('CARACAL_VALIDATION', `${what} must be an ISO 4217 currency code such as USD or EUR, got ${quoted(raw, 20)}`);
   }
   return code;
 }
@@ -34,7 +34,7 @@ export function parseAmount(raw: string, what = 'amount'): number {
   const text = raw.trim();
   const match = /^(\d{1,13})(?:\.(\d{1,6}))?$/.exec(text);
   if (!match) {
-    throw new CaracalError('CARACAL_VALIDATION', `${what} must be a positive decimal amount with at most 6 decimals, such as 100.00, got "${raw.slice(0, 40)}"`);
+    throw new CaracalError('CARACAL_VALIDATION', `${what} must be a positive decimal amount with at most 6 decimals, such as 100.00, got ${quoted(raw, 40)}`);
   }
   const micros = Number(match[1]) * MICROS_PER_UNIT + Number((match[2] ?? '').padEnd(6, '0'));
   if (micros <= 0) throw new CaracalError('CARACAL_VALIDATION', `${what} must be more than zero`);
@@ -54,7 +54,16 @@ export function formatAmount(micros: number): string {
 
 export function parseWindow(raw: string): BudgetWindow {
   if ((BUDGET_WINDOWS as readonly string[]).includes(raw)) return raw as BudgetWindow;
-  throw new CaracalError('CARACAL_VALIDATION', `window must be one of ${BUDGET_WINDOWS.join(', ')}, got "${raw.slice(0, 20)}"`);
+  throw new CaracalError('CARACAL_VALIDATION', `window must be one of ${BUDGET_WINDOWS.join(', ')}, got ${quoted(raw, 20)}`);
+}
+
+/**
+ * The start of what the operator typed, quoted for a one-line error: control characters (a newline, an escape
+ * sequence), DEL, C1 controls and line separators are shown escaped, never written to the terminal.
+ */
+function quoted(raw: string, max: number): string {
+  // eslint-disable-next-line no-control-regex -- escaping control characters is the point
+  return JSON.stringify(raw.slice(0, max)).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 /** The UTC calendar period of `window` that contains `at`: [start, end). */

@@ -5,6 +5,7 @@ import { ALLOWLIST_OPERATIONS } from './allowlists.js';
 import { AUDIT_OPERATIONS } from './audit.js';
 import { AUDIT_QUERY_OPERATIONS } from './audit-query.js';
 import { AUTHORITY_OPERATIONS } from './authority.js';
+import { BUDGET_OPERATIONS } from './budgets.js';
 import { DLQ_OPERATIONS } from './dlq.js';
 import { MANDATE_OPERATIONS } from './mandates.js';
 import type { Operation } from './define.js';
@@ -19,6 +20,7 @@ import { SYSTEM_OPERATIONS } from './system.js';
 export const OPERATIONS = {
   ...AUTHORITY_OPERATIONS,
   ...ALLOWLIST_OPERATIONS,
+  ...BUDGET_OPERATIONS,
   ...MANDATE_OPERATIONS,
   ...SYSTEM_OPERATIONS,
   ...AUDIT_OPERATIONS,
