@@ -1,6 +1,9 @@
 import { hostname } from 'node:os';
 import { openCache } from './cache/open.js';
 import type { Cache } from './cache/cache.js';
+import { RedisCache } from './cache/redis-cache.js';
+import { RedisSpendCounters } from './metering/redis-spend-counters.js';
+import { MemorySpendCounters, type SpendCounters } from './metering/spend-counters.js';
 import type { CaracalConfig } from './config/schema.js';
 import { openEventLog } from './events/open.js';
 import type { EventLog } from './events/event-log.js';
@@ -32,6 +35,7 @@ export class AppContext {
   readonly tokenSettings: TokenSettings;
   private eventsPromise?: Promise<EventLog>;
   private cachePromise?: Promise<Cache>;
+  private spendPromise?: Promise<SpendCounters>;
   private keyPromise?: Promise<KeyRing>;
   private publisherInstance?: EventPublisher;
   private readonly closers: (() => Promise<void>)[] = [];
@@ -76,6 +80,15 @@ export class AppContext {
       return cache;
     })();
     return this.cachePromise;
+  }
+
+  /**
+   * Budget spend counters on the cache's store: Redis (shared by every gateway process) or in-process (the embedded
+   * default: one gateway process).
+   */
+  spendCounters(): Promise<SpendCounters> {
+    this.spendPromise ??= this.cache().then((cache) => (cache instanceof RedisCache ? new RedisSpendCounters(cache) : new MemorySpendCounters()));
+    return this.spendPromise;
   }
 
   /** The current signing key and the earlier ones still trusted (rotation overlap). */

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { PricingSchema } from '../metering/pricing.js';
 
 const port = z.coerce.number().int().min(0).max(65535);
 const upstreamName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'must be lowercase letters, digits, "-" or "_"');
@@ -35,6 +36,11 @@ export const UpstreamSchema = z
      * got 503). Off by default: one decision is one upstream call. Each attempt is counted.
      */
     retries: z.coerce.number().int().min(0).max(3).default(0),
+    /**
+     * What a call to this upstream costs (src/metering/pricing.ts): budgets reserve it before the call and count it
+     * after. Without a price table calls are free and no budget binds them.
+     */
+    pricing: PricingSchema.optional(),
   })
   .strict();
 

@@ -20,6 +20,7 @@ export const ERROR_CATALOG = {
   CARACAL_EXPECTATION_FAILED: { status: 417, message: 'the only Expect value supported is 100-continue' },
   CARACAL_HEADERS_TOO_LARGE: { status: 431, message: 'the request headers are too large' },
   CARACAL_RATE_LIMITED: { status: 429, message: 'too many requests; retry after the time in Retry-After' },
+  CARACAL_BUDGET_EXCEEDED: { status: 429, message: 'the budget does not cover this call; it resets at the time in the error' },
   // authentication and authorisation
   CARACAL_UNAUTHENTICATED: { status: 401, message: 'a valid bearer token is required' },
   CARACAL_TOKEN_INVALID: { status: 401, message: 'the bearer token is invalid' },

@@ -30,6 +30,11 @@ import { MetricSeries } from './metric-series.js';
 import { registerDelegationRoute, resolveMandate } from './mandate-binding.js';
 import { registerLedgerRoutes } from './ledger-routes.js';
 import type { Queryable } from '../store/db.js';
+import type { SpendCounters } from '../metering/spend-counters.js';
+import { pricedCall, reserveCall } from './budget-gate.js';
+
+/** A budget reservation outlives the upstream's timeout by this much before it lapses on its own. */
+const RESERVATION_GRACE_MS = 60_000;
 
 export interface PolicyEvaluator {
   readonly revision: string;
@@ -66,6 +71,8 @@ export interface GatewayDeps {
   source: string;
   /** The ledger's store: receipts and c2sp.org/tlog-tiles (ledger-routes.ts) are served when it is given. */
   ledgerDb?: Queryable;
+  /** Budget spend counters (src/gateway/budget-gate.ts); without them no budget binds (tests of other things). */
+  spend?: SpendCounters;
 }
 
 /**
@@ -81,10 +88,17 @@ class RequestState {
   target: UpstreamTarget | undefined = undefined;
   /** The principal's concurrency slot, freed (once) when the request ends. */
   lease: LimitLease | undefined = undefined;
+  /** Settles the call's budget reservation (once) when the request ends. */
+  settle: ((answered: boolean) => void) | undefined = undefined;
+  /** The upstream answered (its response headers arrived): a priced call is charged. */
+  upstreamAnswered = false;
   constructor(readonly started: bigint) {}
 
   release(): void {
     this.lease?.release();
+    const settle = this.settle;
+    this.settle = undefined;
+    settle?.(this.upstreamAnswered);
   }
 }
 
@@ -293,6 +307,32 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       const decision = engine.evaluate(input);
       series.evaluation(Number(process.hrtime.bigint() - evalStarted) / 1e9, decision.outcome, decision.allow);
 
+      if (decision.allow && deps.spend && upstream.pricing) {
+        const subjects = mandate?.mandate ? [verified.principalId, ...mandate.mandate.chain.map((link) => link.sub)] : [verified.principalId];
+        const call = await pricedCall(upstream, deps.facts, subjects, new Date());
+        if (call) {
+          const spend = deps.spend;
+          const decisionId = state.decisionId;
+          let refused: CaracalError | null;
+          try {
+            // Held until the request ends; a request that never ends gives it back when it lapses.
+            refused = await reserveCall(spend, call, decisionId, upstream.timeoutMs + RESERVATION_GRACE_MS);
+          } catch (err) {
+            // The counters cannot be reached: budgets fail closed.
+            await recordDenial(request, resource, action, verified, ['budget_unavailable'], 503);
+            throw new CaracalError('CARACAL_DEPENDENCY', 'budgets could not be checked; denied', { cause: err, reasons: ['budget_unavailable'], details: { decision_id: decisionId } });
+          }
+          if (refused) {
+            metrics.limited.inc({ reason: refused.reasons[0]! });
+            await recordDenial(request, resource, action, verified, refused.reasons, refused.statusCode);
+            throw refused;
+          }
+          state.settle = (answered) => {
+            spend.settle(decisionId, call.lines, answered ? call.amountMicros : 0).catch((err) => request.log.error({ err, decision_id: decisionId }, 'could not settle a budget reservation; it lapses on its own'));
+          };
+        }
+      }
+
       const status = decision.allow ? 200 : 403;
       const record = recordDecision(request, upstream, resource, action, verified, decision.allow, decision.reasons, decision.policyIds, status);
       if (!decision.allow) {
@@ -354,7 +394,10 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         replyOptions: {
           rewriteRequestHeaders: (request, headers) =>
             upstreamRequestHeaders(headers, { requestId: request.id, decisionId: request.caracal.decisionId!, agentSecrets: agentSecrets(request), credential }),
-          rewriteHeaders: (headers) => agentResponseHeaders(headers),
+          rewriteHeaders: (headers, request) => {
+            if (request) request.caracal.upstreamAnswered = true;
+            return agentResponseHeaders(headers);
+          },
           // reply-from's typings describe the details loosely; it passes undici's request and response.
           retryDelay: retryPolicy(upstream, metrics) as unknown as NonNullable<FastifyReplyFromHooks['retryDelay']>,
           onError: (reply, { error }) => {

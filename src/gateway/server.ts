@@ -187,6 +187,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     jwks: async () => ({ keys: verificationKeys(ring, Math.floor(Date.now() / 1000)).map((k) => k.publicJwk) }),
     source: `caracal/gateway/${ctx.instanceId}`,
     ledgerDb: ctx.db,
+    spend: await ctx.spendCounters(),
   });
   return {
     gateway,

@@ -1,10 +1,10 @@
 import Anthropic from '@anthropic-ai/sdk';
 import { randomBytes } from 'node:crypto';
-import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHarness, type Harness } from '../helpers/gateway-harness.js';
+import { closedPort } from '../helpers/ports.js';
 import { ANTHROPIC_REPLY, OPENAI_REPLY, startAnthropicUpstream, startOpenAiUpstream, type LlmUpstream } from '../helpers/llm-upstreams.js';
 
 /**
@@ -33,11 +33,7 @@ const savedEnv = new Map<string, string | undefined>();
 
 /** A port that was listening a moment ago and no longer is: connections to it are refused. */
 async function closedPortUrl(): Promise<string> {
-  const server = http.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return `http://127.0.0.1:${port}`;
+  return `http://127.0.0.1:${await closedPort()}`;
 }
 
 beforeAll(async () => {

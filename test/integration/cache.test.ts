@@ -4,6 +4,7 @@ import { MemoryCache } from '../../src/cache/memory-cache.js';
 import { openCache } from '../../src/cache/open.js';
 import { RedisCache } from '../../src/cache/redis-cache.js';
 import { CaracalError } from '../../src/errors/catalog.js';
+import { closedPort } from '../helpers/ports.js';
 import { requireServices } from '../helpers/services.js';
 import { cacheContract } from './cache.contract.js';
 
@@ -14,15 +15,6 @@ cacheContract('RedisCache', async (keyPrefix) => {
 });
 
 cacheContract('MemoryCache', async () => new MemoryCache());
-
-/** A port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** A TCP proxy in front of the real Redis that the test can cut and restore. */
 async function cuttableProxy(target: URL) {

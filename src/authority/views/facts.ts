@@ -2,12 +2,16 @@ import type { Logger } from '../../logging/logger.js';
 import type { Queryable } from '../../store/db.js';
 import { listPolicies } from '../stores/policies.js';
 import { findPrincipal } from '../stores/principals.js';
+import { getBudgets } from '../../metering/budgets.js';
+import type { BudgetWindow } from '../../metering/money.js';
 import { InvalidatingCache } from '../../util/invalidating-cache.js';
 
 /** What the policy sees about a principal, kept in Rego input shape so a request builds no copies. */
 export interface PrincipalFacts {
   principal: { id: string; status: string; kind: string };
   policies: { id: string; resources: string[]; actions: string[]; max_validity_seconds: number; delegation_depth: number }[];
+  /** The principal's budgets (src/metering/budgets.ts); calls spend against them and every ancestor's. */
+  budgets: { window: BudgetWindow; limitMicros: number; currency: string }[];
 }
 
 /**
@@ -55,6 +59,7 @@ export class AuthorityFacts {
     const principal = await findPrincipal(this.db, principalId);
     if (!principal) return null;
     const policies = await listPolicies(this.db, { principalId, activeOnly: true });
+    const budgets = await getBudgets(this.db, principalId);
     this.logger.debug({ agent_id: principalId, policies: policies.length, status: principal.status }, 'authority facts loaded');
     return {
       principal: { id: principal.id, status: principal.status, kind: principal.kind },
@@ -65,6 +70,7 @@ export class AuthorityFacts {
         max_validity_seconds: p.maxValiditySeconds,
         delegation_depth: p.delegationDepth,
       })),
+      budgets: budgets.map((b) => ({ window: b.window, limitMicros: b.limitMicros, currency: b.currency })),
     };
   }
 }

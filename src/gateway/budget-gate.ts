@@ -1,0 +1,89 @@
+/**
+ * Budgets on the request path: after the policy allows a priced call, its most possible cost is reserved on every
+ * budget of the caller and of each principal above it in the mandate chain, atomically (SpendCounters); the call is
+ * refused with `budget_exceeded` when any of them cannot cover it. When the request ends, the reservation is settled
+ * at what the call cost and the rest is given back; a reservation whose request never ends lapses on its own.
+ *
+ * Today a call costs its upstream's per-request price (`pricing.perRequest`), charged once the upstream answered.
+ * Token prices are read by src/metering (pricing.ts, usage.ts) and are not charged on the request path yet.
+ */
+import type { AuthorityFacts } from '../authority/views/facts.js';
+import type { UpstreamConfig } from '../config/schema.js';
+import { CaracalError } from '../errors/catalog.js';
+import { formatAmount, windowBounds } from '../metering/money.js';
+import { reservationFor } from '../metering/pricing.js';
+import { budgetLineKey, type BudgetLine, type SpendCounters } from '../metering/spend-counters.js';
+
+/** Budget lines of a call: each subject's budgets in the current period of their window. */
+export interface PricedCall {
+  lines: (BudgetLine & { principalId: string; window: string; currency: string; periodEnd: Date })[];
+  amountMicros: number;
+  currency: string;
+}
+
+/**
+ * The lines and reservation of a call by `subjects` (the caller first, then the mandate chain) to `upstream`, or null
+ * when nothing binds it (no price table, a zero price, or no budgets). The facts were loaded for the decision, but a
+ * lifecycle event may have dropped them since (between two awaits): then they are loaded again, never skipped — a
+ * budget missed here would let the call through unbounded.
+ */
+export async function pricedCall(upstream: UpstreamConfig, facts: AuthorityFacts, subjects: readonly string[], now: Date): Promise<PricedCall | null> {
+  const pricing = upstream.pricing;
+  if (!pricing) return null;
+  const amountMicros = reservationFor(pricing, null, null) ?? 0;
+  if (amountMicros === 0) return null;
+  const lines: PricedCall['lines'] = [];
+  for (const subject of new Set(subjects)) {
+    const cached = facts.peek(subject);
+    const known = cached === undefined ? await facts.get(subject) : cached;
+    if (!known) continue; // a principal that does not exist has no budgets
+    for (const budget of known.budgets) {
+      const { start, end } = windowBounds(budget.window, now);
+      lines.push({
+        key: budgetLineKey(subject, budget.window, start),
+        limitMicros: budget.limitMicros,
+        periodEndMs: end.getTime(),
+        principalId: subject,
+        window: budget.window,
+        currency: budget.currency,
+        periodEnd: end,
+      });
+    }
+  }
+  return lines.length === 0 ? null : { lines, amountMicros, currency: pricing.currency };
+}
+
+/** The refusal the agent reads: which budget, what remains, when it resets (in the upstream's dialect). */
+export function budgetExceeded(call: PricedCall, key: string, remainingMicros: number, decisionId: string): CaracalError {
+  const line = call.lines.find((l) => l.key === key) ?? call.lines[0]!;
+  const remaining = formatAmount(remainingMicros);
+  return new CaracalError(
+    'CARACAL_BUDGET_EXCEEDED',
+    `budget_exceeded: the ${line.window} budget of ${line.principalId} has ${remaining} ${line.currency} left, this call needs ${formatAmount(call.amountMicros)}; it resets at ${line.periodEnd.toISOString()}`,
+    {
+      reasons: ['budget_exceeded'],
+      details: {
+        decision_id: decisionId,
+        budget: { principal_id: line.principalId, window: line.window, limit: formatAmount(line.limitMicros), remaining, currency: line.currency, resets_at: line.periodEnd.toISOString() },
+      },
+    },
+  );
+}
+
+/** A budget in another currency than the price cannot be compared: such a call is refused, never let through. */
+export function currencyMismatch(call: PricedCall, decisionId: string): CaracalError | null {
+  const other = call.lines.find((line) => line.currency !== call.currency);
+  if (!other) return null;
+  return new CaracalError('CARACAL_BUDGET_EXCEEDED', `budget_currency_mismatch: the ${other.window} budget of ${other.principalId} is in ${other.currency}, this upstream prices in ${call.currency}`, {
+    reasons: ['budget_currency_mismatch'],
+    details: { decision_id: decisionId },
+  });
+}
+
+/** Reserves the call's amount on all its lines under the decision id; the refusal to throw, or null when held. */
+export async function reserveCall(spend: SpendCounters, call: PricedCall, decisionId: string, ttlMs: number): Promise<CaracalError | null> {
+  const mismatch = currencyMismatch(call, decisionId);
+  if (mismatch) return mismatch;
+  const result = await spend.reserve(decisionId, call.lines, call.amountMicros, ttlMs);
+  return result.ok ? null : budgetExceeded(call, result.key, result.remainingMicros, decisionId);
+}
