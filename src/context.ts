@@ -21,6 +21,8 @@ export interface ContextOverrides {
   db?: Db;
   events?: EventLog;
   cache?: Cache;
+  /** Budget spend counters other than the cache's (tests of a failing store). */
+  spend?: SpendCounters;
   logger?: Logger;
 }
 
@@ -87,7 +89,10 @@ export class AppContext {
    * default: one gateway process).
    */
   spendCounters(): Promise<SpendCounters> {
-    this.spendPromise ??= this.cache().then((cache) => (cache instanceof RedisCache ? new RedisSpendCounters(cache) : new MemorySpendCounters()));
+    const override = this.overrides.spend;
+    this.spendPromise ??= override
+      ? Promise.resolve(override)
+      : this.cache().then((cache) => (cache instanceof RedisCache ? new RedisSpendCounters(cache) : new MemorySpendCounters()));
     return this.spendPromise;
   }
 

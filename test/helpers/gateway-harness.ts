@@ -9,6 +9,7 @@ import { loadConfig } from '../../src/config/load.js';
 import type { CaracalConfig, UpstreamConfig } from '../../src/config/schema.js';
 import { AppContext, type ContextOverrides } from '../../src/context.js';
 import { startEchoUpstream, type EchoUpstream } from '../../src/dev/echo-upstream.js';
+import type { SpendCounters } from '../../src/metering/spend-counters.js';
 import { parseEvent, type DecisionData } from '../../src/events/cloudevents.js';
 import type { EventLog, LogMessage } from '../../src/events/event-log.js';
 import { KafkaEventLog } from '../../src/events/kafka-event-log.js';
@@ -54,6 +55,8 @@ export interface HarnessOptions {
    */
   wrapEvents?: (events: EventLog) => EventLog;
   extraUpstreams?: ExtraUpstream[];
+  /** Budget spend counters instead of the cache's (e.g. ones that fail). */
+  spend?: SpendCounters;
   /** The gateway's logger (default: silent), e.g. to read the access log. */
   logger?: Logger;
   /** Config values merged over the harness defaults (e.g. `auth.externalIssuers`, `gateway.tls`). */
@@ -193,7 +196,7 @@ export async function createHarness(options: HarnessOptions = {}): Promise<Harne
       },
     });
     ports = await openPorts(backend, config, options);
-    ctx = await AppContext.fromConfig(config, { logger: options.logger ?? createLogger('silent'), ...ports.overrides });
+    ctx = await AppContext.fromConfig(config, { logger: options.logger ?? createLogger('silent'), ...ports.overrides, ...(options.spend ? { spend: options.spend } : {}) });
     assembled = await assembleGateway(ctx);
     await assembled.gateway.app.ready();
   } catch (err) {

@@ -4,9 +4,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEchoUpstream, type EchoUpstream } from '../../src/dev/echo-upstream.js';
 import { windowBounds } from '../../src/metering/money.js';
-import { budgetLineKey } from '../../src/metering/spend-counters.js';
+import { budgetLineKey, type SpendCounters } from '../../src/metering/spend-counters.js';
+import { CaracalError } from '../../src/errors/catalog.js';
 import { closedPort } from '../helpers/ports.js';
-import { BACKENDS, createHarness, type ExtraUpstream, type Harness } from '../helpers/gateway-harness.js';
+import { BACKENDS, createHarness, readTopic, type ExtraUpstream, type Harness } from '../helpers/gateway-harness.js';
 
 const PRICE = '0.25';
 const PRICE_MICROS = 250_000;
@@ -125,5 +126,41 @@ describe.each(BACKENDS)('budgets on the request path on the %s backend', (backen
     expect(refused.statusCode).toBe(429);
     expect(refused.json()).toMatchObject({ reasons: ['budget_currency_mismatch'] });
     expect(paid.requests).toBe(before);
+  }, 60_000);
+});
+
+describe('budgets when the spend counters cannot be reached', () => {
+  it('fails closed: 503 budget_unavailable, nothing proxied, the denial recorded', async () => {
+    const paid = await startEchoUpstream();
+    const down: SpendCounters = {
+      kind: 'redis',
+      reserve: () => Promise.reject(new CaracalError('CARACAL_DEPENDENCY', 'redis reserve: connect ECONNREFUSED', { retriable: true })),
+      settle: () => Promise.reject(new CaracalError('CARACAL_DEPENDENCY', 'redis settle: connect ECONNREFUSED', { retriable: true })),
+      usage: () => Promise.reject(new CaracalError('CARACAL_DEPENDENCY', 'redis usage: connect ECONNREFUSED', { retriable: true })),
+      close: async () => {},
+    };
+    const h = await createHarness({ spend: down, extraUpstreams: [{ name: 'paid', url: paid.url, pricing: { currency: 'USD', perRequest: '0.01' } as unknown as NonNullable<ExtraUpstream['pricing']> }] });
+    try {
+      const id = await h.registerAgent();
+      await h.op('policy.create', { principalId: id, resources: ['api:external/*'], actions: ['read'], maxValiditySeconds: 3600 });
+      await h.op('allowlist.create', { principalId: id, pattern: `${paid.url}/**`, patternType: 'glob' });
+      await h.op('budget.set', { principalId: id, window: 'hourly', limit: '1', currency: 'USD' });
+      const token = await h.token(id);
+      const reply = await h.assembled.gateway.app.inject({ url: '/proxy/paid/x', headers: { authorization: `Bearer ${token}` } });
+      expect(reply.statusCode).toBe(503);
+      expect(reply.json()).toMatchObject({ error: 'CARACAL_DEPENDENCY', reasons: ['budget_unavailable'] });
+      expect(paid.requests).toBe(0);
+      // An agent without budgets is not held up by the counters.
+      const free = await h.registerAgent();
+      await h.op('policy.create', { principalId: free, resources: ['api:external/*'], actions: ['read'], maxValiditySeconds: 3600 });
+      await h.op('allowlist.create', { principalId: free, pattern: `${paid.url}/**`, patternType: 'glob' });
+      expect((await h.assembled.gateway.app.inject({ url: '/proxy/paid/x', headers: { authorization: `Bearer ${await h.token(free)}` } })).statusCode).toBe(200);
+      const decisions = await readTopic(await h.ctx.events(), h.ctx.topics.decisions, (messages) => messages.some((m) => m.value.includes('budget_unavailable')));
+      const denial = decisions.map((m) => JSON.parse(m.value) as { data: { principal_id: string; allow: boolean; reasons: string[]; status: number } }).find((e) => e.data.reasons.includes('budget_unavailable'));
+      expect(denial?.data).toMatchObject({ principal_id: id, allow: false, status: 503 });
+    } finally {
+      await h.close();
+      await paid.close();
+    }
   }, 60_000);
 });
