@@ -12,7 +12,7 @@ import { BACKENDS, createHarness, readTopic, type ExtraUpstream, type Harness } 
 const PRICE = '0.25';
 const PRICE_MICROS = 250_000;
 const ALLOWED = 37;
-const CALLS = 400;
+const CALLS = 1_000;
 
 async function until(check: () => Promise<boolean>, timeoutMs = 15_000): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
