@@ -7,6 +7,9 @@
  * KAFKA_BROKERS/DATABASE_URL/REDIS_URL set, b' and w' run on Kafka + PostgreSQL + Redis.
  *
  * Peer w turns the spool off (each request waits for its event in PGlite; w' for Kafka's acks).
+ * Peer g is b with budgets: the upstream is priced and the agent has a budget that never runs out, so every call
+ * is reserved before it is sent and settled after (in-process; g' on Redis, one Lua script each way). Its ratio
+ * to b is what budgets cost.
  * Peer e spreads the load over BENCH_PRINCIPALS (default 10000) principals with one token each,
  * to show what the verified-token cache does. All connections draw their next token from one
  * shared cursor, so consecutive requests name consecutive principals whatever connection sends
@@ -198,6 +201,8 @@ const specs: PeerSpec[] = [
   // The embedded default as configured (decisions durable in the local spool, shipped to PGlite).
   { letter: 'b', name: 'b  caracal gateway, embedded default', args: ['gateway', u], env: embeddedEnv },
   { letter: 'w', name: 'w  as b, spool off: waits for PGlite per request', args: ['gateway', u, '--no-spool'], env: embeddedEnv },
+  // Budgets: a priced upstream and a budget that never runs out, so every call is reserved and settled.
+  { letter: 'g', name: 'g  as b, with a budget (in-process reserve + settle)', args: ['gateway', u, '--budget'], env: embeddedEnv },
 ];
 if (principals > 0) {
   // The same gateway with its load spread over many principals, each with its own token.
@@ -218,6 +223,8 @@ if (process.env.KAFKA_BROKERS && process.env.DATABASE_URL) {
   specs.push({ letter: "b'", name: "b' as b on PostgreSQL + Kafka + Redis", args: ['gateway', u], env });
   const waitEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_wait_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchwait${Date.now()}.` };
   specs.push({ letter: "w'", name: "w' as b', spool off: waits for Kafka acks", args: ['gateway', u, '--no-spool'], env: waitEnv });
+  const budgetEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_budget_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchbudget${Date.now()}.` };
+  specs.push({ letter: "g'", name: "g' as b', with a budget (a Redis Lua script per reserve and per settle)", args: ['gateway', u, '--budget'], env: budgetEnv });
 }
 
 const peers: { name: string; started: Started }[] = [];

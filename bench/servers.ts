@@ -73,7 +73,12 @@ if (role === 'upstream') {
     overrides: {
       // The per-principal limiter runs on every request (its cost is measured) but is set wide
       // enough never to refuse: the benchmark measures throughput, not the limit.
-      gateway: { upstreams: [{ name: 'echo', url: upstreamUrl! }], limits: { perPrincipal: { maxConcurrent: 10_000, rate: { ratePerSecond: 1_000_000, burst: 1_000_000 } } } },
+      // --budget: the upstream is priced (one micro-unit a call) and the agent has a budget far above what a run
+      // spends: every request reserves and settles, and none is refused (the cost of budgets, not their effect).
+      gateway: {
+        upstreams: [{ name: 'echo', url: upstreamUrl!, ...(flags.includes('--budget') ? { pricing: { currency: 'USD', perRequest: '0.000001' } } : {}) }],
+        limits: { perPrincipal: { maxConcurrent: 10_000, rate: { ratePerSecond: 1_000_000, burst: 1_000_000 } } },
+      },
       // --no-token-cache: every request pays the ES256 verification (what the cache saves).
       ...(flags.includes('--no-token-cache') ? { auth: { verifiedTokenCacheSize: 0 } } : {}),
       // --spool / --no-spool: decisions go to the local spool (group commit on local disk, shipped in
@@ -93,6 +98,7 @@ if (role === 'upstream') {
   const agent = (await runOperation(running.ctx, 'agent.register', { name: 'bench-agent', owner: 'bench@example.com' })) as { id: string };
   await runOperation(running.ctx, 'policy.create', { principalId: agent.id, resources: ['api:external/*'], actions: ['read', 'write'], maxValiditySeconds: 3600 });
   await runOperation(running.ctx, 'allowlist.create', { principalId: agent.id, pattern: `${upstreamUrl}/**`, patternType: 'glob' });
+  if (flags.includes('--budget')) await runOperation(running.ctx, 'budget.set', { principalId: agent.id, window: 'daily', limit: '1000000', currency: 'USD' });
   const key = await running.ctx.signingKey();
   const { token } = await issueAccessToken(key, running.ctx.tokenSettings, agent.id, 3600);
   // --principals N: N more principals, each with a policy, an allowlist entry and its own token

@@ -44,7 +44,8 @@ export interface SpendCounters {
   reserve(reservationId: string, lines: readonly BudgetLine[], amountMicros: number, ttlMs: number): Promise<ReserveResult>;
   /**
    * Ends the reservation on every line, giving its amount back, and adds `actualMicros` to each line's spend — also
-   * when the reservation has lapsed (the call did happen). Once per id: a second settle changes nothing.
+   * when the reservation has lapsed (the call did happen; until the line's period and grace are over). Once per id:
+   * a second settle, or one for an id never reserved, changes nothing.
    */
   settle(reservationId: string, lines: readonly BudgetLine[], actualMicros: number): Promise<void>;
   usage(key: string): Promise<LineUsage>;
@@ -53,8 +54,6 @@ export interface SpendCounters {
 
 /** How long a line's counters outlive its period (late settlements of long calls still land). */
 export const COUNTER_GRACE_MS = 2 * 86_400_000;
-/** How long a settled id is remembered (settle is idempotent within it). */
-export const SETTLED_MEMORY_MS = 2 * 86_400_000;
 
 /** The counter key of a principal's budget in the period starting at `periodStart`. */
 export function budgetLineKey(principalId: string, window: string, periodStart: Date): string {
@@ -80,20 +79,38 @@ export function checkReservation(reservationId: string, lines: readonly BudgetLi
 
 interface MemoryLine {
   spent: number;
+  /** Sum of the live reservations' amounts. */
+  reserved: number;
   reservations: Map<string, { amount: number; expiresAt: number }>;
+  /** Reservations that lapsed unsettled: a late settlement still counts, once. */
+  lapsed: Set<string>;
+  /** The earliest expiry among the live reservations (Infinity: none). */
+  nextExpiry: number;
   dropAt: number;
 }
 
+/** Moves the line's lapsed reservations out of its hold; a scan only when one is due. */
 function dropLapsed(state: MemoryLine, now: number): void {
-  for (const [id, r] of state.reservations) if (r.expiresAt <= now) state.reservations.delete(id);
+  if (now < state.nextExpiry) return;
+  let next = Infinity;
+  for (const [id, r] of state.reservations) {
+    if (r.expiresAt <= now) {
+      state.reservations.delete(id);
+      state.reserved -= r.amount;
+      state.lapsed.add(id);
+    } else next = Math.min(next, r.expiresAt);
+  }
+  state.nextExpiry = next;
 }
 
-/** In-process spend counters: every method runs to completion without awaiting, so each is atomic in the process. */
+/**
+ * In-process spend counters: every method runs to completion without awaiting, so each is atomic in the process.
+ * A settled reservation leaves nothing behind (idempotence comes from the reservation being gone), so memory follows
+ * the calls in flight and the lines, not the calls made.
+ */
 export class MemorySpendCounters implements SpendCounters {
   readonly kind = 'memory' as const;
   private readonly lines = new Map<string, MemoryLine>();
-  private readonly settled = new Map<string, number>();
-  private readonly reserved = new Map<string, number>();
   private lastSweep = 0;
 
   constructor(private readonly now: () => number = Date.now) {}
@@ -102,18 +119,22 @@ export class MemorySpendCounters implements SpendCounters {
     checkReservation(reservationId, lines, amountMicros, ttlMs);
     const now = this.now();
     this.sweep(now);
-    if (this.reserved.has(reservationId) || this.settled.has(reservationId)) throw new CaracalError('CARACAL_CONFLICT', `reservation ${reservationId} exists already`);
     const states = lines.map((line) => this.line(line, now));
+    const first = states[0]!;
+    if (first.reservations.has(reservationId) || first.lapsed.has(reservationId)) throw new CaracalError('CARACAL_CONFLICT', `reservation ${reservationId} exists already`);
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i]!;
       const state = states[i]!;
-      const reservedMicros = [...state.reservations.values()].reduce((sum, r) => sum + r.amount, 0);
-      if (state.spent + reservedMicros + amountMicros > line.limitMicros) {
-        return { ok: false, key: line.key, limitMicros: line.limitMicros, spentMicros: state.spent, reservedMicros, remainingMicros: Math.max(0, line.limitMicros - state.spent - reservedMicros) };
+      if (state.spent + state.reserved + amountMicros > line.limitMicros) {
+        return { ok: false, key: line.key, limitMicros: line.limitMicros, spentMicros: state.spent, reservedMicros: state.reserved, remainingMicros: Math.max(0, line.limitMicros - state.spent - state.reserved) };
       }
     }
-    for (const state of states) state.reservations.set(reservationId, { amount: amountMicros, expiresAt: now + ttlMs });
-    this.reserved.set(reservationId, now + ttlMs);
+    const expiresAt = now + ttlMs;
+    for (const state of states) {
+      state.reservations.set(reservationId, { amount: amountMicros, expiresAt });
+      state.reserved += amountMicros;
+      state.nextExpiry = Math.min(state.nextExpiry, expiresAt);
+    }
     return { ok: true };
   }
 
@@ -121,12 +142,15 @@ export class MemorySpendCounters implements SpendCounters {
     checkReservation(reservationId, lines, actualMicros);
     const now = this.now();
     this.sweep(now);
-    if (this.settled.has(reservationId)) return;
-    this.settled.set(reservationId, now + SETTLED_MEMORY_MS);
-    this.reserved.delete(reservationId);
     for (const line of lines) {
       const state = this.line(line, now);
-      state.reservations.delete(reservationId);
+      const live = state.reservations.get(reservationId);
+      if (live) {
+        state.reservations.delete(reservationId);
+        state.reserved -= live.amount;
+      } else if (!state.lapsed.delete(reservationId)) {
+        continue; // settled already (or never reserved here): nothing to count twice
+      }
       state.spent += actualMicros;
     }
   }
@@ -137,7 +161,7 @@ export class MemorySpendCounters implements SpendCounters {
     const state = this.lines.get(key);
     if (!state) return { spentMicros: 0, reservedMicros: 0 };
     dropLapsed(state, now);
-    return { spentMicros: state.spent, reservedMicros: [...state.reservations.values()].reduce((sum, r) => sum + r.amount, 0) };
+    return { spentMicros: state.spent, reservedMicros: state.reserved };
   }
 
   async close(): Promise<void> {
@@ -147,19 +171,17 @@ export class MemorySpendCounters implements SpendCounters {
   private line(line: BudgetLine, now: number): MemoryLine {
     let state = this.lines.get(line.key);
     if (!state) {
-      state = { spent: 0, reservations: new Map(), dropAt: line.periodEndMs + COUNTER_GRACE_MS };
+      state = { spent: 0, reserved: 0, reservations: new Map(), lapsed: new Set(), nextExpiry: Infinity, dropAt: line.periodEndMs + COUNTER_GRACE_MS };
       this.lines.set(line.key, state);
     }
     dropLapsed(state, now);
     return state;
   }
 
-  /** Drops lapsed reservations' ids, forgotten settlements and lines past their period and grace. */
+  /** Drops lines past their period and grace: a scan of the lines, at most once a second. */
   private sweep(now: number): void {
-    if (now - this.lastSweep < 1_000) return; // a scan of everything: at most once a second
+    if (now - this.lastSweep < 1_000) return;
     this.lastSweep = now;
-    for (const [id, until] of this.reserved) if (until <= now) this.reserved.delete(id);
-    for (const [id, until] of this.settled) if (until <= now) this.settled.delete(id);
     for (const [key, state] of this.lines) if (state.dropAt <= now) this.lines.delete(key);
   }
 }

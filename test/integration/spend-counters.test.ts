@@ -65,12 +65,16 @@ describe.each([
     const reservation = id();
     expect(await counters.reserve(reservation, [budget], 400_000, 60_000)).toEqual({ ok: true });
     expect(await counters.usage(budget.key)).toEqual({ spentMicros: 0, reservedMicros: 400_000 });
+    // A live reservation's id cannot be taken twice (ids are decision ids: unique).
+    await expect(counters.reserve(reservation, [budget], 1, 60_000)).rejects.toMatchObject({ code: 'CARACAL_CONFLICT' });
     await counters.settle(reservation, [budget], 123_456);
     expect(await counters.usage(budget.key)).toEqual({ spentMicros: 123_456, reservedMicros: 0 });
     // Settling again changes nothing: a retried settlement never double-counts.
     await counters.settle(reservation, [budget], 123_456);
     expect(await counters.usage(budget.key)).toEqual({ spentMicros: 123_456, reservedMicros: 0 });
-    await expect(counters.reserve(reservation, [budget], 1, 60_000)).rejects.toMatchObject({ code: 'CARACAL_CONFLICT' });
+    // So does settling an id that was never reserved.
+    await counters.settle(id(), [budget], 999);
+    expect(await counters.usage(budget.key)).toEqual({ spentMicros: 123_456, reservedMicros: 0 });
   });
 
   it('refuses an amount that does not fit, naming the line and what remains, and takes nothing', async () => {
