@@ -309,7 +309,8 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
 
       if (decision.allow && deps.spend && upstream.pricing) {
         const subjects = mandate?.mandate ? [verified.principalId, ...mandate.mandate.chain.map((link) => link.sub)] : [verified.principalId];
-        const call = await pricedCall(upstream, deps.facts, subjects, new Date());
+        const priced = pricedCall(upstream, deps.facts, subjects, new Date());
+        const call = priced instanceof Promise ? await priced : priced;
         if (call) {
           const spend = deps.spend;
           const decisionId = state.decisionId;

@@ -7,7 +7,7 @@
  * Today a call costs its upstream's per-request price (`pricing.perRequest`), charged once the upstream answered.
  * Token prices are read by src/metering (pricing.ts, usage.ts) and are not charged on the request path yet.
  */
-import type { AuthorityFacts } from '../authority/views/facts.js';
+import type { AuthorityFacts, PrincipalFacts } from '../authority/views/facts.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import { CaracalError } from '../errors/catalog.js';
 import { formatAmount, windowBounds } from '../metering/money.js';
@@ -23,34 +23,30 @@ export interface PricedCall {
 
 /**
  * The lines and reservation of a call by `subjects` (the caller first, then the mandate chain) to `upstream`, or null
- * when nothing binds it (no price table, a zero price, or no budgets). The facts were loaded for the decision, but a
- * lifecycle event may have dropped them since (between two awaits): then they are loaded again, never skipped — a
- * budget missed here would let the call through unbounded.
+ * when nothing binds it (no price table, a zero price, or no budgets). The facts were loaded for the decision, so this
+ * answers without a promise; but a lifecycle event may have dropped some since (between two awaits): then they are
+ * loaded again, never skipped — a budget missed here would let the call through unbounded.
  */
-export async function pricedCall(upstream: UpstreamConfig, facts: AuthorityFacts, subjects: readonly string[], now: Date): Promise<PricedCall | null> {
+export function pricedCall(upstream: UpstreamConfig, facts: AuthorityFacts, subjects: readonly string[], now: Date): PricedCall | null | Promise<PricedCall | null> {
   const pricing = upstream.pricing;
   if (!pricing) return null;
   const amountMicros = reservationFor(pricing, null, null) ?? 0;
   if (amountMicros === 0) return null;
-  const lines: PricedCall['lines'] = [];
-  for (const subject of new Set(subjects)) {
-    const cached = facts.peek(subject);
-    const known = cached === undefined ? await facts.get(subject) : cached;
-    if (!known) continue; // a principal that does not exist has no budgets
-    for (const budget of known.budgets) {
-      const { start, end } = windowBounds(budget.window, now);
-      lines.push({
-        key: budgetLineKey(subject, budget.window, start),
-        limitMicros: budget.limitMicros,
-        periodEndMs: end.getTime(),
-        principalId: subject,
-        window: budget.window,
-        currency: budget.currency,
-        periodEnd: end,
-      });
-    }
-  }
-  return lines.length === 0 ? null : { lines, amountMicros, currency: pricing.currency };
+  const unique = [...new Set(subjects)];
+  const known = unique.map((subject) => facts.peek(subject));
+  const build = (all: readonly (PrincipalFacts | null | undefined)[]): PricedCall | null => {
+    const lines: PricedCall['lines'] = [];
+    all.forEach((subjectFacts, n) => {
+      for (const budget of subjectFacts?.budgets ?? []) {
+        const { start, end } = windowBounds(budget.window, now);
+        const principalId = unique[n]!;
+        lines.push({ key: budgetLineKey(principalId, budget.window, start), limitMicros: budget.limitMicros, periodEndMs: end.getTime(), principalId, window: budget.window, currency: budget.currency, periodEnd: end });
+      }
+    });
+    return lines.length === 0 ? null : { lines, amountMicros, currency: pricing.currency };
+  };
+  if (known.every((f) => f !== undefined)) return build(known);
+  return Promise.all(unique.map((subject, n) => (known[n] === undefined ? facts.get(subject) : known[n]))).then(build);
 }
 
 /** The refusal the agent reads: which budget, what remains, when it resets (in the upstream's dialect). */

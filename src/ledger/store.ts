@@ -552,21 +552,28 @@ interface EntryRow {
 
 const ENTRY_COLUMNS = 'origin, leaf_index, event_id, event_type, subject, decision_id, request_id, occurred_at, recorded_at, topic, partition, "offset", canonical, leaf_hash';
 
-const toEntry = (row: EntryRow): LedgerEntry => ({
-  origin: row.origin,
+type LeafColumns = Pick<EntryRow, 'leaf_index' | 'event_id' | 'event_type' | 'subject' | 'decision_id' | 'request_id' | 'canonical' | 'leaf_hash'>;
+
+/** The columns every read of a leaf has, as the entry and the verification types name them. */
+const leafOf = (row: LeafColumns) => ({
   leafIndex: Number(row.leaf_index),
   eventId: row.event_id,
   eventType: row.event_type,
   subject: row.subject,
   decisionId: row.decision_id,
   requestId: row.request_id,
+  canonical: bytes(row.canonical),
+  leafHash: bytes(row.leaf_hash),
+});
+
+const toEntry = (row: EntryRow): LedgerEntry => ({
+  ...leafOf(row),
+  origin: row.origin,
   occurredAt: iso(row.occurred_at),
   recordedAt: iso(row.recorded_at),
   topic: row.topic,
   partition: row.partition === null ? null : Number(row.partition),
   offset: row.offset === null ? null : String(row.offset),
-  canonical: bytes(row.canonical),
-  leafHash: bytes(row.leaf_hash),
 });
 
 /** Leaves in index order from `fromIndex` (inclusive) up to `fromIndex + limit` (exclusive). */
@@ -604,27 +611,13 @@ export interface VerifiableLeaf {
  * JSON.parse costs us.)
  */
 export async function readVerifiableLeaves(db: Queryable, origin: string, fromIndex: number, limit: number): Promise<VerifiableLeaf[]> {
-  const { rows } = await db.query<
-    Pick<EntryRow, 'leaf_index' | 'event_id' | 'event_type' | 'subject' | 'decision_id' | 'request_id' | 'canonical' | 'leaf_hash'> & {
-      occurred_ms: string | number;
-    }
-  >(
+  const { rows } = await db.query<LeafColumns & { occurred_ms: string | number }>(
     `SELECT leaf_index, event_id, event_type, subject, decision_id, request_id,
             floor(EXTRACT(EPOCH FROM occurred_at) * 1000)::int8 AS occurred_ms, canonical, leaf_hash
        FROM ledger_entries WHERE origin = $1 AND leaf_index >= $2 AND leaf_index < $3 ORDER BY leaf_index`,
     [origin, fromIndex, fromIndex + limit],
   );
-  return rows.map((row) => ({
-    leafIndex: Number(row.leaf_index),
-    eventId: row.event_id,
-    eventType: row.event_type,
-    subject: row.subject,
-    decisionId: row.decision_id,
-    requestId: row.request_id,
-    occurredAtMs: Number(row.occurred_ms),
-    canonical: bytes(row.canonical),
-    leafHash: bytes(row.leaf_hash),
-  }));
+  return rows.map((row) => ({ ...leafOf(row), occurredAtMs: Number(row.occurred_ms) }));
 }
 
 /**

@@ -1,11 +1,12 @@
 // Two `caracal gateway start` processes on one PostgreSQL, Kafka and Redis; one agent with a budget for exactly N
 // calls of a priced upstream; 1,000 calls at once, split between the two gateways: exactly N are allowed and exactly N
 // reach the upstream — the reservation is one Redis script shared by both processes, never check-then-act.
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { generateSigningKeyFile } from '../../src/authority/tokens/keys.js';
 import { startEchoUpstream, type EchoUpstream } from '../../src/dev/echo-upstream.js';
 import { freePort, RestartableGateway } from '../helpers/fault-gateway.js';
 import { runCli } from '../helpers/processes.js';
@@ -33,7 +34,7 @@ describe('a budget shared by two gateway processes on one Redis', () => {
     paid = await startEchoUpstream();
     free = await startEchoUpstream();
     const keyFile = path.join(home, 'signing.pem');
-    writeFileSync(keyFile, generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+    generateSigningKeyFile(keyFile);
     const configFile = path.join(home, 'caracal.yaml');
     writeFileSync(
       configFile,

@@ -1,10 +1,10 @@
-import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, describe, it, type ExpectStatic } from 'vitest';
 import type { AuditRecord } from '../../src/audit/audit-store.js';
+import { generateSigningKeyFile } from '../../src/authority/tokens/keys.js';
 import { EVENT_TYPES } from '../../src/events/cloudevents.js';
 import { freePort, RestartableGateway } from '../helpers/fault-gateway.js';
 import { startLoad, type LoadFigures, type RunningLoad } from '../helpers/fault-load.js';
@@ -72,7 +72,7 @@ async function setUp(cleanups: Cleanups, extraEnv: Record<string, string>): Prom
   const upstream = await startRecordingUpstream();
   cleanups.push(() => upstream.close());
   const keyFile = path.join(home, 'signing.pem');
-  writeFileSync(keyFile, generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+  generateSigningKeyFile(keyFile);
   const configFile = path.join(home, 'caracal.yaml');
   // The default per-principal rate (200/s) would turn most of one agent's load into 429s: the
   // subject here is recording, not rate limiting.

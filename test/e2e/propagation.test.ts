@@ -1,11 +1,11 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { generateKeyPairSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { IssuedMandate } from '../../src/authority/tokens/mandates.js';
 import { loadConfig } from '../../src/config/load.js';
 import { AppContext } from '../../src/context.js';
+import { generateSigningKeyFile } from '../../src/authority/tokens/keys.js';
 import { startEchoUpstream, type EchoUpstream } from '../../src/dev/echo-upstream.js';
 import { topicSpecs } from '../../src/events/topics.js';
 import { createLogger } from '../../src/logging/logger.js';
@@ -32,7 +32,7 @@ describe('propagation of authority changes to two gateway processes', () => {
     upstream = await startEchoUpstream();
     const home = mkdtempSync(path.join(tmpdir(), 'caracal-prop-'));
     const keyFile = path.join(home, 'signing.pem');
-    writeFileSync(keyFile, generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+    generateSigningKeyFile(keyFile);
     const configFile = path.join(home, 'caracal.yaml');
     writeFileSync(configFile, `gateway:\n  upstreams:\n    - name: echo\n      url: ${upstream.url}\n`);
     env = {

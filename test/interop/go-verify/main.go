@@ -54,16 +54,21 @@ type Input struct {
 		Input []byte `json:"input"` // the RFC 8785 canonical event bytes (the leaf input)
 		Hash  []byte `json:"hash"`  // Caracal's eventLeafHash of the event
 	} `json:"leaves"`
-	Inclusion []struct {
-		Index    int64    `json:"index"`
-		TreeSize int64    `json:"treeSize"`
-		Proof    [][]byte `json:"proof"`
-	} `json:"inclusion"`
-	Consistency []struct {
-		OldSize int64    `json:"oldSize"`
-		NewSize int64    `json:"newSize"`
-		Proof   [][]byte `json:"proof"`
-	} `json:"consistency"`
+	Inclusion   []inclusionInput   `json:"inclusion"`
+	Consistency []consistencyInput `json:"consistency"`
+}
+
+// Proofs handed over as JSON, in both modes.
+type inclusionInput struct {
+	Index    int64    `json:"index"`
+	TreeSize int64    `json:"treeSize"`
+	Proof    [][]byte `json:"proof"`
+}
+
+type consistencyInput struct {
+	OldSize int64    `json:"oldSize"`
+	NewSize int64    `json:"newSize"`
+	Proof   [][]byte `json:"proof"`
 }
 
 type counts struct {

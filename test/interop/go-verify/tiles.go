@@ -76,16 +76,8 @@ type tileCounts struct {
 }
 
 type ourProofs struct {
-	Inclusion []struct {
-		Index    int64    `json:"index"`
-		TreeSize int64    `json:"treeSize"`
-		Proof    [][]byte `json:"proof"`
-	} `json:"inclusion"`
-	Consistency []struct {
-		OldSize int64    `json:"oldSize"`
-		NewSize int64    `json:"newSize"`
-		Proof   [][]byte `json:"proof"`
-	} `json:"consistency"`
+	Inclusion   []inclusionInput   `json:"inclusion"`
+	Consistency []consistencyInput `json:"consistency"`
 }
 
 func tilesMain(args []string) {
