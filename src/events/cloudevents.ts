@@ -9,6 +9,7 @@ export const EVENT_TYPES = {
   decision: 'dev.caracal.policy.decision.v1',
   lifecycle: 'dev.caracal.agent.lifecycle.v1',
   dlq: 'dev.caracal.dlq.entry.v1',
+  metering: 'dev.caracal.metering.call.v1',
 } as const;
 
 export const DecisionDataSchema = z
@@ -63,6 +64,44 @@ export const DlqDataSchema = z
   })
   .strict();
 
+const tokenCount = z.number().int().min(0).max(100_000_000).nullable();
+
+/**
+ * What one allowed call cost (the `metering.events` topic): one event per call that was proxied, whether it completed,
+ * failed or was aborted. The cost is the gateway's own, from its price table and its own reading of the usage.
+ * `chain` lists the principals above the caller along its mandate chain (nearest first): every budget the call was
+ * charged to belongs to `principal_id` or one of them. `started_at` dates the budget periods the call counted in.
+ */
+export const MeteringDataSchema = z
+  .object({
+    decision_id: z.string().min(1),
+    request_id: z.string().min(1),
+    principal_id: z.string().min(1),
+    token_id: z.string().nullable(),
+    chain: z.array(z.string().min(1)).max(64),
+    upstream: z.string().min(1),
+    resource: z.string(),
+    /** The model the upstream reported (else the one requested); null for plain HTTP calls. */
+    model: z.string().max(256).nullable(),
+    input_tokens: tokenCount,
+    output_tokens: tokenCount,
+    cached_input_tokens: tokenCount,
+    cost_micros: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+    currency: z.string().regex(/^[A-Z]{3}$/),
+    /** False when the cost is the reservation or a count of what was delivered, not the upstream's usage. */
+    exact: z.boolean(),
+    /** Why the cost is estimated (no usage in the stream, a usage block refused, the client aborted, …). */
+    estimate_reason: z.string().max(256).nullable(),
+    outcome: z.enum(['completed', 'failed', 'aborted']),
+    upstream_status: z.number().int().nullable(),
+    request_bytes: z.number().int().min(0),
+    response_bytes: z.number().int().min(0),
+    duration_ms: z.number().min(0),
+    started_at: z.string().datetime({ offset: false }),
+  })
+  .strict();
+
+export type MeteringData = z.infer<typeof MeteringDataSchema>;
 export type DecisionData = z.infer<typeof DecisionDataSchema>;
 export type DlqData = z.infer<typeof DlqDataSchema>;
 export type LifecycleData = z.infer<typeof LifecycleDataSchema>;
@@ -71,6 +110,7 @@ const DATA_SCHEMAS = {
   [EVENT_TYPES.decision]: DecisionDataSchema,
   [EVENT_TYPES.lifecycle]: LifecycleDataSchema,
   [EVENT_TYPES.dlq]: DlqDataSchema,
+  [EVENT_TYPES.metering]: MeteringDataSchema,
 } as const;
 
 type EventType = (typeof EVENT_TYPES)[keyof typeof EVENT_TYPES];
@@ -182,6 +222,11 @@ function decisionDataProblem(data: DecisionData): string | null {
   if (!isTextList(data.policy_ids)) return 'policy_ids';
   if (!Number.isInteger(data.status)) return 'status';
   return null;
+}
+
+/** A metering event, subject = the principal who made the call. */
+export function buildMeteringEvent(source: string, data: MeteringData, now: Date = new Date()): CloudEvent<MeteringData> {
+  return buildEvent(EVENT_TYPES.metering, source, data.principal_id, data, now);
 }
 
 export class EventSchemaError extends Error {

@@ -31,7 +31,11 @@ import { registerDelegationRoute, resolveMandate } from './mandate-binding.js';
 import { registerLedgerRoutes } from './ledger-routes.js';
 import type { Queryable } from '../store/db.js';
 import type { SpendCounters } from '../metering/spend-counters.js';
-import { pricedCall, reserveCall } from './budget-gate.js';
+import { pricedCall, reserveCall, unboundedCall, type PricedCall } from './budget-gate.js';
+import { buildMeteringEvent } from '../events/cloudevents.js';
+import { costOfCall, llmEndpointOf, llmReservation, readBody, readLlmRequest, responseTap, type LlmRequestFacts, type ResponseTap } from './metering.js';
+import type { Pricing } from '../metering/pricing.js';
+import { pipeline } from 'node:stream';
 
 /** A budget reservation outlives the upstream's timeout by this much before it lapses on its own. */
 const RESERVATION_GRACE_MS = 60_000;
@@ -73,6 +77,24 @@ export interface GatewayDeps {
   ledgerDb?: Queryable;
   /** Budget spend counters (src/gateway/budget-gate.ts); without them no budget binds (tests of other things). */
   spend?: SpendCounters;
+  /** Where metering events go (calls to upstreams with a price table); unset: calls are not metered (tests of other things). */
+  meteringTopic?: string;
+}
+
+/** One metered call, from its reservation to its metering event. */
+interface CallMeter {
+  pricing: Pricing;
+  llm: LlmRequestFacts | null;
+  /** Budget lines and the amount held on them; null when no budget binds the call. */
+  call: PricedCall | null;
+  reservationMicros: number;
+  chain: string[];
+  tokenId: string | null;
+  resource: string;
+  startedAt: Date;
+  requestBytes: number;
+  status: number | null;
+  tap: ResponseTap | null;
 }
 
 /**
@@ -88,17 +110,24 @@ class RequestState {
   target: UpstreamTarget | undefined = undefined;
   /** The principal's concurrency slot, freed (once) when the request ends. */
   lease: LimitLease | undefined = undefined;
-  /** Settles the call's budget reservation (once) when the request ends. */
-  settle: ((answered: boolean) => void) | undefined = undefined;
+  /** A call to a priced upstream: settled and metered (once) when the request ends. */
+  meter: CallMeter | undefined = undefined;
+  /** Settles and meters `meter`; set with it. */
+  finish: ((state: RequestState) => void) | undefined = undefined;
   /** The upstream answered (its response headers arrived): a priced call is charged. */
   upstreamAnswered = false;
-  constructor(readonly started: bigint) {}
+  /** The agent went away before the response was complete. */
+  clientAborted = false;
+  constructor(
+    readonly started: bigint,
+    readonly requestId: string,
+  ) {}
 
   release(): void {
     this.lease?.release();
-    const settle = this.settle;
-    this.settle = undefined;
-    settle?.(this.upstreamAnswered);
+    const finish = this.finish;
+    this.finish = undefined;
+    finish?.(this);
   }
 }
 
@@ -139,12 +168,13 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
   // these never wait for anything.
   app.decorateRequest('caracal', null as unknown as RequestState);
   app.addHook('onRequest', (request, reply, done) => {
-    request.caracal = new RequestState(process.hrtime.bigint());
+    request.caracal = new RequestState(process.hrtime.bigint(), request.id);
     reply.header('x-request-id', request.id);
     metrics.inFlight.inc();
     done();
   });
   app.addHook('onRequestAbort', (request, done) => {
+    request.caracal.clientAborted = true;
     request.caracal.release();
     metrics.clientAborts.inc({ upstream: request.caracal.upstream ?? '' });
     access.info({ request_id: request.id, method: request.method, path: request.url.split('?', 1)[0]!.slice(0, 512), upstream: request.caracal.upstream ?? null, principal_id: request.caracal.principalId ?? null, decision_id: request.caracal.decisionId ?? null, duration_ms: elapsedMs(request.caracal.started) }, 'client aborted the request');
@@ -307,32 +337,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       const decision = engine.evaluate(input);
       series.evaluation(Number(process.hrtime.bigint() - evalStarted) / 1e9, decision.outcome, decision.allow);
 
-      if (decision.allow && deps.spend && upstream.pricing) {
-        const subjects = mandate?.mandate ? [verified.principalId, ...mandate.mandate.chain.map((link) => link.sub)] : [verified.principalId];
-        const priced = pricedCall(upstream, deps.facts, subjects, new Date());
-        const call = priced instanceof Promise ? await priced : priced;
-        if (call) {
-          const spend = deps.spend;
-          const decisionId = state.decisionId;
-          let refused: CaracalError | null;
-          try {
-            // Held until the request ends; a request that never ends gives it back when it lapses.
-            refused = await reserveCall(spend, call, decisionId, upstream.timeoutMs + RESERVATION_GRACE_MS);
-          } catch (err) {
-            // The counters cannot be reached: budgets fail closed.
-            await recordDenial(request, resource, action, verified, ['budget_unavailable'], 503);
-            throw new CaracalError('CARACAL_DEPENDENCY', 'budgets could not be checked; denied', { cause: err, reasons: ['budget_unavailable'], details: { decision_id: decisionId } });
-          }
-          if (refused) {
-            metrics.limited.inc({ reason: refused.reasons[0]! });
-            await recordDenial(request, resource, action, verified, refused.reasons, refused.statusCode);
-            throw refused;
-          }
-          state.settle = (answered) => {
-            spend.settle(decisionId, call.lines, answered ? call.amountMicros : 0).catch((err) => request.log.error({ err, decision_id: decisionId }, 'could not settle a budget reservation; it lapses on its own'));
-          };
-        }
-      }
+      if (decision.allow && upstream.pricing) await meterCall(request, reply, upstream.pricing, verified, mandate, resource, action);
 
       const status = decision.allow ? 200 : 403;
       const record = recordDecision(request, upstream, resource, action, verified, decision.allow, decision.reasons, decision.policyIds, status);
@@ -348,9 +353,115 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
 
       // Only now may the body flow: a client waiting on `Expect: 100-continue` is told to send it,
       // and what it sends is cut at the body limit on its way to the upstream.
-      if (request.headers.expect?.toLowerCase() === '100-continue') reply.raw.writeContinue();
-      if (request.body instanceof Readable) request.body = limitBody(request.body, bodyLimit);
+      if (request.headers.expect?.toLowerCase() === '100-continue' && !state.meter?.llm) reply.raw.writeContinue();
+      if (request.body instanceof Readable && !state.meter?.llm) request.body = limitBody(request.body, bodyLimit);
     };
+
+    /**
+     * After an allow, for a priced upstream: read an LLM call's body (its model and token cap), reserve the most the
+     * call can cost on every budget of the caller and its mandate chain, and set up its settlement and metering
+     * event. A refusal is recorded as the decision and thrown.
+     */
+    async function meterCall(request: FastifyRequest, reply: FastifyReply, pricing: Pricing, verified: AuthResult, mandate: VerifiedToken | null, resource: string, action: string): Promise<void> {
+      const state = request.caracal;
+      const decisionId = state.decisionId!;
+      const refuse = async (error: CaracalError): Promise<never> => {
+        await recordDenial(request, resource, action, verified, error.reasons, error.statusCode);
+        throw error;
+      };
+      const endpoint = llmEndpointOf(upstream.dialect, request.method, state.target!.pathAndQuery);
+      let llm: LlmRequestFacts | null = null;
+      if (endpoint) {
+        // Read only now, after the decision: nothing of a body is read before the caller is authenticated and allowed.
+        if (request.headers.expect?.toLowerCase() === '100-continue') reply.raw.writeContinue();
+        try {
+          const raw = request.body instanceof Readable ? await readBody(request.body, bodyLimit) : Buffer.alloc(0);
+          llm = readLlmRequest(endpoint, raw);
+        } catch (err) {
+          if (err instanceof CaracalError) await refuse(err);
+          throw err;
+        }
+      }
+      const chain = mandate?.mandate ? mandate.mandate.chain.map((link) => link.sub) : [];
+      const reservation = llmReservation(pricing, llm);
+      let call: PricedCall | null = null;
+      if (deps.spend) {
+        const priced = pricedCall(upstream, deps.facts, [verified.principalId, ...chain], new Date(), reservation);
+        call = priced instanceof Promise ? await priced : priced;
+      }
+      if (call && reservation === null) await refuse(unboundedCall(call, llm, decisionId));
+      if (call) {
+        let refused: CaracalError | null;
+        try {
+          // Held until the request ends; a request that never ends gives it back when it lapses.
+          refused = await reserveCall(deps.spend!, call, decisionId, upstream.timeoutMs + RESERVATION_GRACE_MS);
+        } catch (err) {
+          // The counters cannot be reached (or were lost): budgets fail closed.
+          await recordDenial(request, resource, action, verified, ['budget_unavailable'], 503);
+          throw new CaracalError('CARACAL_DEPENDENCY', 'budgets could not be checked; denied', { cause: err, reasons: ['budget_unavailable'], details: { decision_id: decisionId } });
+        }
+        if (refused) {
+          metrics.limited.inc({ reason: refused.reasons[0]! });
+          await refuse(refused);
+        }
+      }
+      state.meter = {
+        pricing,
+        llm,
+        call,
+        reservationMicros: reservation ?? 0,
+        chain: chain.filter((sub) => sub !== verified.principalId),
+        tokenId: verified.tokenId ?? null,
+        resource,
+        startedAt: new Date(),
+        requestBytes: llm ? llm.body.length : Number(request.headers['content-length'] ?? 0) || 0,
+        status: null,
+        tap: null,
+      };
+      state.finish = finishCall;
+    }
+
+    /** Settles the call's budgets at what it cost and publishes its metering event (once, when the request ends). */
+    function finishCall(state: RequestState): void {
+      const meter = state.meter!;
+      const reading = meter.tap?.result() ?? null;
+      const cost = costOfCall(meter.pricing, meter.llm, meter.reservationMicros, state.upstreamAnswered, meter.status, reading);
+      const decisionId = state.decisionId!;
+      if (meter.call) {
+        deps.spend!.settle(decisionId, meter.call.lines, cost.micros).catch((err) => deps.logger.error({ err, decision_id: decisionId }, 'could not settle a budget reservation; it lapses on its own'));
+      }
+      if (!deps.meteringTopic) return;
+      const outcome = !state.upstreamAnswered || (meter.status !== null && meter.status >= 400) ? 'failed' : reading && !reading.ended ? (state.clientAborted ? 'aborted' : 'failed') : 'completed';
+      const principalId = state.principalId!;
+      try {
+        const event = buildMeteringEvent(deps.source, {
+          decision_id: decisionId,
+          request_id: state.requestId,
+          principal_id: principalId,
+          token_id: meter.tokenId,
+          chain: meter.chain,
+          upstream: upstream.name,
+          resource: meter.resource,
+          model: cost.model,
+          input_tokens: cost.usage?.inputTokens ?? null,
+          output_tokens: cost.usage?.outputTokens ?? null,
+          cached_input_tokens: cost.usage?.cachedInputTokens ?? null,
+          cost_micros: cost.micros,
+          currency: meter.pricing.currency,
+          exact: cost.exact,
+          estimate_reason: cost.estimateReason,
+          outcome,
+          upstream_status: meter.status,
+          request_bytes: meter.requestBytes,
+          response_bytes: reading?.bytes ?? 0,
+          duration_ms: elapsedMs(state.started),
+          started_at: meter.startedAt.toISOString(),
+        });
+        deps.publisher.publish(deps.meteringTopic, principalId, event).catch((err) => deps.logger.error({ err, decision_id: decisionId }, 'could not record a metering event'));
+      } catch (err) {
+        deps.logger.error({ err, decision_id: decisionId }, 'could not build a metering event');
+      }
+    }
   }
 
   /** The agent's credentials on this request, so no forwarded header carries them. */
@@ -388,13 +499,21 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         // The URL that was judged, not one the proxy library derives again from the raw request.
         handler: (request, reply, _dest, options) => {
           const target = request.caracal.target!;
+          const llm = request.caracal.meter?.llm;
+          // A metered LLM call's body was read for its reservation: the bytes read (with the usage request added) go on.
+          if (llm) return reply.from(target.path, { ...options, queryString: () => target.query, body: llm.body, contentType: request.headers['content-type'] ?? 'application/json' });
           return reply.from(target.path, { ...options, queryString: () => target.query });
         },
         // undici (reply-from's default client); `http` options would switch to node:http, ~2x slower.
         undici: { headersTimeout: upstream.timeoutMs, bodyTimeout: upstream.timeoutMs, connections: upstream.maxConnections },
         replyOptions: {
-          rewriteRequestHeaders: (request, headers) =>
-            upstreamRequestHeaders(headers, { requestId: request.id, decisionId: request.caracal.decisionId!, agentSecrets: agentSecrets(request), credential }),
+          rewriteRequestHeaders: (request, headers) => {
+            const forwarded = upstreamRequestHeaders(headers, { requestId: request.id, decisionId: request.caracal.decisionId!, agentSecrets: agentSecrets(request), credential });
+            // The gateway reads a metered LLM response for its usage: it asks for it uncompressed.
+            if (request.caracal.meter?.llm) forwarded['accept-encoding'] = 'identity';
+            return forwarded;
+          },
+          ...(upstream.pricing ? { onResponse: meteredResponse(upstream.dialect) as unknown as NonNullable<FastifyReplyFromHooks['onResponse']> } : {}),
           rewriteHeaders: (headers, request) => {
             if (request) request.caracal.upstreamAnswered = true;
             return agentResponseHeaders(headers);
@@ -437,6 +556,34 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
     beginShutdown: () => {
       closing = true;
     },
+  };
+}
+
+/**
+ * reply-from's onResponse for a priced upstream: a metered call's response passes through its tap (usage read as it
+ * goes by), and the request is settled when the agent's response closes — finished, or cut by the agent going away,
+ * which Fastify's own hooks do not see once the request body was read.
+ */
+function meteredResponse(dialect: UpstreamDialect) {
+  return (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number; headers: Record<string, string | string[] | undefined>; stream: Readable }): void => {
+    const state = request.caracal;
+    const meter = state.meter;
+    if (!meter) {
+      reply.send(res.stream);
+      return;
+    }
+    meter.status = res.statusCode;
+    const contentType = res.headers['content-type'];
+    const tap = responseTap(dialect, meter.llm, res.statusCode, typeof contentType === 'string' ? contentType : undefined);
+    meter.tap = tap;
+    // The held-back usage chunk changes the length.
+    if (meter.llm?.stripUsage) reply.removeHeader('content-length');
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) state.clientAborted = true;
+      state.release();
+    });
+    pipeline(res.stream, tap.stream, () => {});
+    reply.send(tap.stream);
   };
 }
 

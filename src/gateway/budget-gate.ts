@@ -4,14 +4,15 @@
  * refused with `budget_exceeded` when any of them cannot cover it. When the request ends, the reservation is settled
  * at what the call cost and the rest is given back; a reservation whose request never ends lapses on its own.
  *
- * Today a call costs its upstream's per-request price (`pricing.perRequest`), charged once the upstream answered.
- * Token prices are read by src/metering (pricing.ts, usage.ts) and are not charged on the request path yet.
+ * The amount reserved is the most the call can cost (src/gateway/metering.ts works it out: the per-request price, or an
+ * LLM call's prompt bound and token cap at the model's prices, or a configured reservation); what it cost is worked
+ * out when it ends, from the gateway's own reading of the response.
  */
 import type { AuthorityFacts, PrincipalFacts } from '../authority/views/facts.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import { CaracalError } from '../errors/catalog.js';
 import { formatAmount, windowBounds } from '../metering/money.js';
-import { reservationFor } from '../metering/pricing.js';
+import type { LlmRequestFacts } from './metering.js';
 import { budgetLineKey, type BudgetLine, type SpendCounters } from '../metering/spend-counters.js';
 
 /** Budget lines of a call: each subject's budgets in the current period of their window. */
@@ -27,11 +28,12 @@ export interface PricedCall {
  * answers without a promise; but a lifecycle event may have dropped some since (between two awaits): then they are
  * loaded again, never skipped — a budget missed here would let the call through unbounded.
  */
-export function pricedCall(upstream: UpstreamConfig, facts: AuthorityFacts, subjects: readonly string[], now: Date): PricedCall | null | Promise<PricedCall | null> {
+export function pricedCall(upstream: UpstreamConfig, facts: AuthorityFacts, subjects: readonly string[], now: Date, reservation: number | null): PricedCall | null | Promise<PricedCall | null> {
   const pricing = upstream.pricing;
   if (!pricing) return null;
-  const amountMicros = reservationFor(pricing, null, null) ?? 0;
-  if (amountMicros === 0) return null;
+  // A call that costs nothing binds no budget; one whose cost is unbounded (null) still gets its lines, to be refused.
+  if (reservation === 0) return null;
+  const amountMicros = reservation ?? 0;
   const unique = [...new Set(subjects)];
   const known = unique.map((subject) => facts.peek(subject));
   const build = (all: readonly (PrincipalFacts | null | undefined)[]): PricedCall | null => {
@@ -64,6 +66,17 @@ export function budgetExceeded(call: PricedCall, key: string, remainingMicros: n
       },
     },
   );
+}
+
+/** A budgeted call whose most possible cost cannot be worked out is refused: a budget is not kept by hoping. */
+export function unboundedCall(call: PricedCall, llm: LlmRequestFacts | null, decisionId: string): CaracalError {
+  const line = call.lines[0]!;
+  const cap = llm?.endpoint === 'responses' ? 'max_output_tokens' : 'max_tokens';
+  const model = llm ? `model "${llm.model.slice(0, 64)}"` : 'this call';
+  return new CaracalError('CARACAL_BAD_REQUEST', `budget_unbounded: the ${line.window} budget of ${line.principalId} cannot cover ${model} without a bound on its cost; set ${cap}`, {
+    reasons: ['budget_unbounded'],
+    details: { decision_id: decisionId },
+  });
 }
 
 /** A budget in another currency than the price cannot be compared: such a call is refused, never let through. */

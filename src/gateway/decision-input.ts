@@ -76,7 +76,7 @@ export function buildDecisionInput(
   const own = factsOf(source.facts, auth.principalId);
   if (!mandate?.mandate && !(own instanceof Promise)) {
     const allowlist = source.allowlist.check(auth.principalId, url);
-    const input = (checked: AllowlistFact) => decisionInput(source, own, own?.policies ?? [], null, [auth.principalId], request, checked, auth, now);
+    const input = (checked: AllowlistFact) => decisionInput(source, own, own?.policies ?? [], null, [auth.principalId], request, checked, auth, now, spendFact([auth.principalId], [own]));
     return allowlist instanceof Promise ? allowlist.then(input) : input(allowlist);
   }
   return withMandate({ source, auth, mandate, request, url, now }, own);
@@ -95,6 +95,7 @@ interface InputSources {
 async function withMandate({ source, auth, mandate, request, url, now }: InputSources, ownFacts: PrincipalFacts | null | Promise<PrincipalFacts | null>): Promise<DecisionInput> {
   const own = await ownFacts;
   const subjects = [auth.principalId];
+  const subjectFacts: (PrincipalFacts | null)[] = [own];
   let policies = own?.policies ?? [];
   const allowlist = await source.allowlist.check(auth.principalId, url);
   let mandateFact: MandateFact | null = null;
@@ -105,6 +106,7 @@ async function withMandate({ source, auth, mandate, request, url, now }: InputSo
     const chain: MandateLinkFact[] = [];
     for (const link of claims.chain) {
       const linkFacts = await factsOf(source.facts, link.sub);
+      subjectFacts.push(linkFacts);
       let linkAllowlist = allowlists.get(link.sub);
       if (!linkAllowlist) {
         linkAllowlist = await source.allowlist.check(link.sub, url);
@@ -128,7 +130,36 @@ async function withMandate({ source, auth, mandate, request, url, now }: InputSo
       chain,
     };
   }
-  return decisionInput(source, own, policies, mandateFact, subjects, request, allowlist, auth, now);
+  return decisionInput(source, own, policies, mandateFact, subjects, request, allowlist, auth, now, spendFact(subjects, subjectFacts));
+}
+
+/** One budget a call spends against (the caller's or an ancestor's along its mandate chain). */
+export interface BudgetFact {
+  principal_id: string;
+  window: string;
+  limit_micros: number;
+  currency: string;
+}
+
+/**
+ * `input.spend`: the budgets the call will be reserved against. The running spend is not in it: it is decided by the
+ * atomic reservation after the policy allows (a policy reading it would check-then-act on a stale number).
+ */
+export interface SpendFact {
+  budgets: BudgetFact[];
+}
+
+const NO_BUDGETS: SpendFact = Object.freeze({ budgets: Object.freeze([]) as unknown as BudgetFact[] });
+
+function spendFact(subjects: readonly string[], facts: readonly (PrincipalFacts | null)[]): SpendFact {
+  let budgets: BudgetFact[] | null = null;
+  const seen = new Set<string>();
+  subjects.forEach((subject, n) => {
+    if (seen.has(subject)) return;
+    seen.add(subject);
+    for (const budget of facts[n]?.budgets ?? []) (budgets ??= []).push({ principal_id: subject, window: budget.window, limit_micros: budget.limitMicros, currency: budget.currency });
+  });
+  return budgets ? { budgets } : NO_BUDGETS;
 }
 
 function decisionInput(
@@ -141,6 +172,7 @@ function decisionInput(
   allowlist: AllowlistFact,
   auth: AuthResult,
   now: number,
+  spend: SpendFact,
 ): DecisionInput {
   return {
     principal: own?.principal ?? null,
@@ -150,6 +182,7 @@ function decisionInput(
     allowlist,
     emergency: source.emergency.flags(subjects),
     auth: { method: auth.method },
+    spend,
     now,
   };
 }

@@ -56,7 +56,9 @@ export function upstreamRequestHeaders(headers: IncomingHttpHeaders, context: Up
   return forwarded;
 }
 
-function carriesSecret(value: string | string[], secrets: readonly string[]): boolean {
+/** A header value carries one of the secrets. (A number — the proxy's own content-length for a body it was given — carries none.) */
+function carriesSecret(value: string | string[] | number, secrets: readonly string[]): boolean {
+  if (typeof value === 'number') return false;
   for (const secret of secrets) {
     if (secret.length < MIN_SECRET_LENGTH) continue;
     if (typeof value === 'string' ? value.includes(secret) : value.some((v) => v.includes(secret))) return true;

@@ -167,6 +167,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     }),
     publisher: spooled?.recorder ?? publisher!,
     decisionsTopic: ctx.topics.decisions,
+    meteringTopic: ctx.topics.metering,
     metrics,
     readiness: [
       { name: 'database', check: () => ctx.db.ping() },

@@ -34,6 +34,9 @@ export class UsageError extends Error {
 
 type Json = Record<string, unknown>;
 const isObject = (value: unknown): value is Json => typeof value === 'object' && value !== null && !Array.isArray(value);
+/** A chat chunk's choice that carries output (text, a refusal or a tool call). */
+const hasDelta = (choice: unknown): boolean =>
+  isObject(choice) && isObject(choice.delta) && ((typeof choice.delta.content === 'string' && choice.delta.content.length > 0) || (typeof choice.delta.refusal === 'string' && choice.delta.refusal.length > 0) || Array.isArray(choice.delta.tool_calls));
 
 function count(value: unknown, what: string, optional = false): number {
   if (value === undefined || value === null) {
@@ -89,6 +92,14 @@ export interface StreamUsage {
   error: string | null;
   /** A usage-only chunk was held back from the agent (`stripUsageChunk`). */
   stripped: boolean;
+  /** Output deltas seen (a token each, give or take): what an aborted stream is settled for. */
+  deltas: number;
+  /** The usage read is the call's final count (OpenAI's usage chunk or `response.completed`, Anthropic's `message_delta`). */
+  final: boolean;
+  /** Bytes of the stream that went on to the agent's side of the tap. */
+  bytes: number;
+  /** The stream reached its end (not cut by an abort or an upstream failure). */
+  ended: boolean;
 }
 
 export interface SseUsageTapOptions {
@@ -106,7 +117,7 @@ export interface SseUsageTapOptions {
  * line arrives). `result()` says what was read. A malformed or oversized event stops the reading, never the stream.
  */
 export function createSseUsageTap(options: SseUsageTapOptions): Transform & { result(): StreamUsage } {
-  const state: StreamUsage = { model: null, usage: null, error: null, stripped: false };
+  const state: StreamUsage = { model: null, usage: null, error: null, stripped: false, deltas: 0, final: false, bytes: 0, ended: false };
   const decoder = new StringDecoder('utf8');
   let line = '';
   let data: string[] = [];
@@ -135,11 +146,14 @@ export function createSseUsageTap(options: SseUsageTapOptions): Transform & { re
     try {
       if (options.dialect === 'openai') {
         if (typeof event.model === 'string') state.model ??= event.model;
+        if (event.type === 'response.output_text.delta' || (Array.isArray(event.choices) && event.choices.some(hasDelta))) state.deltas++;
         if (event.type === 'response.completed' && isObject(event.response)) {
           if (typeof event.response.model === 'string') state.model = event.response.model;
           state.usage = parseUsageBlock(event.response.usage);
+          state.final = true;
         } else if (event.usage !== undefined && event.usage !== null) {
           state.usage = parseUsageBlock(event.usage);
+          state.final = true;
           if (strip && Array.isArray(event.choices) && event.choices.length === 0) {
             state.stripped = true;
             return true;
@@ -149,10 +163,13 @@ export function createSseUsageTap(options: SseUsageTapOptions): Transform & { re
         if (typeof event.message.model === 'string') state.model = event.message.model;
         anthropicInput = parseUsageBlock(event.message.usage);
         state.usage = anthropicInput;
+      } else if (event.type === 'content_block_delta') {
+        state.deltas++;
       } else if (event.type === 'message_delta' && isObject(event.usage)) {
         if (!anthropicInput) throw new UsageError('message_delta before message_start');
         const output = count(event.usage.output_tokens, 'output_tokens');
         state.usage = { ...anthropicInput, outputTokens: output };
+        state.final = true;
       }
     } catch (err) {
       fail(err instanceof UsageError ? err.message : 'a stream event could not be read');
@@ -162,6 +179,7 @@ export function createSseUsageTap(options: SseUsageTapOptions): Transform & { re
 
   const tap = new Transform({
     transform(chunk: Buffer, _encoding, callback: TransformCallback) {
+      state.bytes += chunk.length;
       const text = decoder.write(chunk);
       let out = strip ? '' : null;
       if (out === null) this.push(chunk); // passed on at once, whatever the parsing makes of it
@@ -206,6 +224,7 @@ export function createSseUsageTap(options: SseUsageTapOptions): Transform & { re
       callback();
     },
     flush(callback: TransformCallback) {
+      state.ended = true;
       const rest = decoder.end();
       if (strip) {
         const tail = held + line + rest;

@@ -82,7 +82,7 @@ describe('the SSE usage tap', () => {
           written += chunk.length;
           expect(seenAfter[i]).toBe(written);
         });
-        expect(result).toEqual({ model: 'gpt-4o-mini', usage: { inputTokens: 12, outputTokens: 5, cachedInputTokens: 4 }, error: null, stripped: false });
+        expect(result).toMatchObject({ model: 'gpt-4o-mini', usage: { inputTokens: 12, outputTokens: 5, cachedInputTokens: 4 }, error: null, stripped: false, final: true, ended: true, bytes: Buffer.byteLength(OPENAI_CHAT_STREAM) });
       }),
       { numRuns: 100 },
     );
