@@ -9,7 +9,7 @@ export const EVENT_TYPES = {
   decision: 'dev.caracal.policy.decision.v1',
   lifecycle: 'dev.caracal.agent.lifecycle.v1',
   dlq: 'dev.caracal.dlq.entry.v1',
-  metering: 'dev.caracal.metering.call.v1',
+  metering: 'dev.caracal.metering.event.v1',
 } as const;
 
 export const DecisionDataSchema = z
@@ -220,13 +220,76 @@ function decisionDataProblem(data: DecisionData): string | null {
   if (typeof data.allow !== 'boolean') return 'allow';
   if (!isTextList(data.reasons)) return 'reasons';
   if (!isTextList(data.policy_ids)) return 'policy_ids';
-  if (!Number.isInteger(data.status)) return 'status';
+  if (!Number.isSafeInteger(data.status)) return 'status';
   return null;
 }
 
-/** A metering event, subject = the principal who made the call. */
+/**
+ * A metering event, subject = the principal who made the call. One per priced call, so like `buildDecisionEvent` the
+ * fields are checked by hand (the schema's own pass costs more than the rest of the event); a value the hand check
+ * doubts goes through the schema, which throws with its own message — or passes, and then the schema's output is used.
+ */
 export function buildMeteringEvent(source: string, data: MeteringData, now: Date = new Date()): CloudEvent<MeteringData> {
-  return buildEvent(EVENT_TYPES.metering, source, data.principal_id, data, now);
+  // A copy in the schema's key order, as the schema's own output would be (and safe from later changes by the caller).
+  const checked: MeteringData = meteringDataLooksRight(data)
+    ? {
+        decision_id: data.decision_id,
+        request_id: data.request_id,
+        principal_id: data.principal_id,
+        token_id: data.token_id,
+        chain: [...data.chain],
+        upstream: data.upstream,
+        resource: data.resource,
+        model: data.model,
+        input_tokens: data.input_tokens,
+        output_tokens: data.output_tokens,
+        cached_input_tokens: data.cached_input_tokens,
+        cost_micros: data.cost_micros,
+        currency: data.currency,
+        exact: data.exact,
+        estimate_reason: data.estimate_reason,
+        outcome: data.outcome,
+        upstream_status: data.upstream_status,
+        request_bytes: data.request_bytes,
+        response_bytes: data.response_bytes,
+        duration_ms: data.duration_ms,
+        started_at: data.started_at,
+      }
+    : MeteringDataSchema.parse(data);
+  return {
+    specversion: '1.0',
+    id: newId(),
+    type: EVENT_TYPES.metering,
+    source,
+    time: now.toISOString(),
+    subject: checked.principal_id,
+    datacontenttype: 'application/json',
+    data: checked,
+  };
+}
+
+const METERING_KEYS = Object.keys(MeteringDataSchema.shape);
+const isTokenCount = (value: unknown) => value === null || (Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 100_000_000);
+const isCount = (value: unknown) => Number.isSafeInteger(value) && (value as number) >= 0;
+/** `Date#toISOString`'s own form, and a real instant (no 30 February, no hour 24); any other form goes to the schema. */
+const isUtcTime = (value: unknown) => typeof value === 'string' && value.length === 24 && value.endsWith('Z') && Number.isFinite(Date.parse(value)) && new Date(value).toISOString() === value;
+
+/** True when `MeteringDataSchema` would accept `data` unchanged (false: let the schema decide). */
+function meteringDataLooksRight(data: MeteringData): boolean {
+  const keys = Object.keys(data);
+  if (keys.length !== METERING_KEYS.length || !METERING_KEYS.every((key) => Object.hasOwn(data, key))) return false;
+  for (const key of ['decision_id', 'request_id', 'principal_id', 'upstream'] as const) if (!isText(data[key]) || data[key].length === 0) return false;
+  if (!isTextOrNull(data.token_id) || !isText(data.resource)) return false;
+  if (data.model !== null && (!isText(data.model) || data.model.length > 256)) return false;
+  if (!isTextList(data.chain) || data.chain.length > 64 || data.chain.some((id) => id.length === 0)) return false;
+  if (!isTokenCount(data.input_tokens) || !isTokenCount(data.output_tokens) || !isTokenCount(data.cached_input_tokens)) return false;
+  if (!isCount(data.cost_micros) || !isCount(data.request_bytes) || !isCount(data.response_bytes)) return false;
+  if (!isText(data.currency) || !/^[A-Z]{3}$/.test(data.currency) || typeof data.exact !== 'boolean') return false;
+  if (data.estimate_reason !== null && (!isText(data.estimate_reason) || data.estimate_reason.length > 256)) return false;
+  if (data.outcome !== 'completed' && data.outcome !== 'failed' && data.outcome !== 'aborted') return false;
+  if (data.upstream_status !== null && !Number.isSafeInteger(data.upstream_status)) return false;
+  if (typeof data.duration_ms !== 'number' || !Number.isFinite(data.duration_ms) || !(data.duration_ms >= 0)) return false;
+  return isUtcTime(data.started_at);
 }
 
 export class EventSchemaError extends Error {

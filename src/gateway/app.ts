@@ -35,7 +35,6 @@ import { pricedCall, reserveCall, unboundedCall, type PricedCall } from './budge
 import { buildMeteringEvent } from '../events/cloudevents.js';
 import { costOfCall, llmEndpointOf, llmReservation, readBody, readLlmRequest, responseTap, type LlmRequestFacts, type ResponseTap } from './metering.js';
 import type { Pricing } from '../metering/pricing.js';
-import { pipeline } from 'node:stream';
 
 /** A budget reservation outlives the upstream's timeout by this much before it lapses on its own. */
 const RESERVATION_GRACE_MS = 60_000;
@@ -95,6 +94,8 @@ interface CallMeter {
   requestBytes: number;
   status: number | null;
   tap: ResponseTap | null;
+  /** Response bytes of a call priced per request (an LLM call's tap counts its own). */
+  responseBytes: number;
 }
 
 /**
@@ -417,6 +418,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         requestBytes: llm ? llm.body.length : Number(request.headers['content-length'] ?? 0) || 0,
         status: null,
         tap: null,
+        responseBytes: 0,
       };
       state.finish = finishCall;
     }
@@ -453,7 +455,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
           outcome,
           upstream_status: meter.status,
           request_bytes: meter.requestBytes,
-          response_bytes: reading?.bytes ?? 0,
+          response_bytes: reading?.bytes ?? meter.responseBytes,
           duration_ms: elapsedMs(state.started),
           started_at: meter.startedAt.toISOString(),
         });
@@ -573,16 +575,29 @@ function meteredResponse(dialect: UpstreamDialect) {
       return;
     }
     meter.status = res.statusCode;
-    const contentType = res.headers['content-type'];
-    const tap = responseTap(dialect, meter.llm, res.statusCode, typeof contentType === 'string' ? contentType : undefined);
-    meter.tap = tap;
-    // The held-back usage chunk changes the length.
-    if (meter.llm?.stripUsage) reply.removeHeader('content-length');
     reply.raw.once('close', () => {
       if (!reply.raw.writableFinished) state.clientAborted = true;
       state.release();
     });
-    pipeline(res.stream, tap.stream, () => {});
+    if (!meter.llm) {
+      // Priced per request: nothing to read, so nothing in the way; the size is the upstream's own count.
+      const length = Number(res.headers['content-length']);
+      if (Number.isSafeInteger(length) && length >= 0) meter.responseBytes = length;
+      else res.stream.on('data', (chunk: Buffer) => (meter.responseBytes += chunk.length));
+      reply.send(res.stream);
+      return;
+    }
+    const contentType = res.headers['content-type'];
+    const tap = responseTap(dialect, meter.llm, res.statusCode, typeof contentType === 'string' ? contentType : undefined);
+    meter.tap = tap;
+    // The held-back usage chunk changes the length.
+    if (meter.llm.stripUsage) reply.removeHeader('content-length');
+    // Not stream.pipeline: it makes an AbortController and a DOMException for every response it finishes.
+    res.stream.on('error', (err) => tap.stream.destroy(err));
+    tap.stream.once('close', () => {
+      if (!res.stream.destroyed) res.stream.destroy();
+    });
+    res.stream.pipe(tap.stream);
     reply.send(tap.stream);
   };
 }

@@ -39,16 +39,32 @@ export function pricedCall(upstream: UpstreamConfig, facts: AuthorityFacts, subj
   const build = (all: readonly (PrincipalFacts | null | undefined)[]): PricedCall | null => {
     const lines: PricedCall['lines'] = [];
     all.forEach((subjectFacts, n) => {
-      for (const budget of subjectFacts?.budgets ?? []) {
-        const { start, end } = windowBounds(budget.window, now);
-        const principalId = unique[n]!;
-        lines.push({ key: budgetLineKey(principalId, budget.window, start), limitMicros: budget.limitMicros, periodEndMs: end.getTime(), principalId, window: budget.window, currency: budget.currency, periodEnd: end });
-      }
+      if (subjectFacts) lines.push(...linesOf(unique[n]!, subjectFacts, now));
     });
     return lines.length === 0 ? null : { lines, amountMicros, currency: pricing.currency };
   };
   if (known.every((f) => f !== undefined)) return build(known);
   return Promise.all(unique.map((subject, n) => (known[n] === undefined ? facts.get(subject) : known[n]))).then(build);
+}
+
+type Line = PricedCall['lines'][number];
+/**
+ * A principal's budget lines in the current periods, kept with its facts until the first of those periods ends. Facts
+ * are replaced, not changed, when a budget changes, so a changed budget is never read from here.
+ */
+const periodLines = new WeakMap<PrincipalFacts, { until: number; lines: readonly Line[] }>();
+
+function linesOf(principalId: string, facts: PrincipalFacts, now: Date): readonly Line[] {
+  if (facts.budgets.length === 0) return [];
+  const at = now.getTime();
+  const kept = periodLines.get(facts);
+  if (kept && at < kept.until && kept.lines[0]?.principalId === principalId) return kept.lines;
+  const lines = facts.budgets.map((budget): Line => {
+    const { start, end } = windowBounds(budget.window, now);
+    return { key: budgetLineKey(principalId, budget.window, start), limitMicros: budget.limitMicros, periodEndMs: end.getTime(), principalId, window: budget.window, currency: budget.currency, periodEnd: end };
+  });
+  periodLines.set(facts, { until: Math.min(...lines.map((line) => line.periodEndMs)), lines });
+  return lines;
 }
 
 /** The refusal the agent reads: which budget, what remains, when it resets (in the upstream's dialect). */
