@@ -79,6 +79,8 @@ export const MeteringDataSchema = z
     principal_id: z.string().min(1),
     token_id: z.string().nullable(),
     chain: z.array(z.string().min(1)).max(64),
+    /** The mandate the call was made under and its ancestors, nearest first (empty: no mandate): their own budgets were charged too. */
+    mandate_ids: z.array(z.string().min(1)).max(64),
     upstream: z.string().min(1),
     resource: z.string(),
     /** The model the upstream reported (else the one requested); null for plain HTTP calls. */
@@ -238,6 +240,7 @@ export function buildMeteringEvent(source: string, data: MeteringData, now: Date
         principal_id: data.principal_id,
         token_id: data.token_id,
         chain: [...data.chain],
+        mandate_ids: [...data.mandate_ids],
         upstream: data.upstream,
         resource: data.resource,
         model: data.model,
@@ -282,6 +285,7 @@ function meteringDataLooksRight(data: MeteringData): boolean {
   if (!isTextOrNull(data.token_id) || !isText(data.resource)) return false;
   if (data.model !== null && (!isText(data.model) || data.model.length > 256)) return false;
   if (!isTextList(data.chain) || data.chain.length > 64 || data.chain.some((id) => id.length === 0)) return false;
+  if (!isTextList(data.mandate_ids) || data.mandate_ids.length > 64 || data.mandate_ids.some((id) => id.length === 0)) return false;
   if (!isTokenCount(data.input_tokens) || !isTokenCount(data.output_tokens) || !isTokenCount(data.cached_input_tokens)) return false;
   if (!isCount(data.cost_micros) || !isCount(data.request_bytes) || !isCount(data.response_bytes)) return false;
   if (!isText(data.currency) || !/^[A-Z]{3}$/.test(data.currency) || typeof data.exact !== 'boolean') return false;

@@ -88,6 +88,7 @@ interface CallMeter {
   call: PricedCall | null;
   reservationMicros: number;
   chain: string[];
+  mandateIds: string[];
   tokenId: string | null;
   resource: string;
   startedAt: Date;
@@ -387,7 +388,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       const reservation = llmReservation(pricing, llm);
       let call: PricedCall | null = null;
       if (deps.spend) {
-        const priced = pricedCall(upstream, deps.facts, [verified.principalId, ...chain], new Date(), reservation);
+        const priced = pricedCall(upstream, deps.facts, [verified.principalId, ...chain], mandate, new Date(), reservation);
         call = priced instanceof Promise ? await priced : priced;
       }
       if (call && reservation === null) await refuse(unboundedCall(call, llm, decisionId));
@@ -412,6 +413,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         call,
         reservationMicros: reservation ?? 0,
         chain: chain.filter((sub) => sub !== verified.principalId),
+        mandateIds: mandate?.mandate ? [mandate.tokenId, ...mandate.mandate.chain.map((link) => link.id).reverse()] : [],
         tokenId: verified.tokenId ?? null,
         resource,
         startedAt: new Date(),
@@ -442,6 +444,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
           principal_id: principalId,
           token_id: meter.tokenId,
           chain: meter.chain,
+          mandate_ids: meter.mandateIds,
           upstream: upstream.name,
           resource: meter.resource,
           model: cost.model,

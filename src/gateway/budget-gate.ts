@@ -13,11 +13,13 @@ import type { UpstreamConfig } from '../config/schema.js';
 import { CaracalError } from '../errors/catalog.js';
 import { formatAmount, windowBounds } from '../metering/money.js';
 import type { LlmRequestFacts } from './metering.js';
+import type { VerifiedToken } from '../authority/tokens/tokens.js';
 import { budgetLineKey, type BudgetLine, type SpendCounters } from '../metering/spend-counters.js';
 
 /** Budget lines of a call: each subject's budgets in the current period of their window. */
 export interface PricedCall {
-  lines: (BudgetLine & { principalId: string; window: string; currency: string; periodEnd: Date })[];
+  /** `mandateId`: a delegated mandate's own budget (set at delegation), held by `principalId`. */
+  lines: (BudgetLine & { principalId: string; mandateId?: string; window: string; currency: string; periodEnd: Date })[];
   amountMicros: number;
   currency: string;
 }
@@ -28,7 +30,14 @@ export interface PricedCall {
  * answers without a promise; but a lifecycle event may have dropped some since (between two awaits): then they are
  * loaded again, never skipped — a budget missed here would let the call through unbounded.
  */
-export function pricedCall(upstream: UpstreamConfig, facts: AuthorityFacts, subjects: readonly string[], now: Date, reservation: number | null): PricedCall | null | Promise<PricedCall | null> {
+export function pricedCall(
+  upstream: UpstreamConfig,
+  facts: AuthorityFacts,
+  subjects: readonly string[],
+  mandate: VerifiedToken | null,
+  now: Date,
+  reservation: number | null,
+): PricedCall | null | Promise<PricedCall | null> {
   const pricing = upstream.pricing;
   if (!pricing) return null;
   // A call that costs nothing binds no budget; one whose cost is unbounded (null) still gets its lines, to be refused.
@@ -37,7 +46,7 @@ export function pricedCall(upstream: UpstreamConfig, facts: AuthorityFacts, subj
   const unique = [...new Set(subjects)];
   const known = unique.map((subject) => facts.peek(subject));
   const build = (all: readonly (PrincipalFacts | null | undefined)[]): PricedCall | null => {
-    const lines: PricedCall['lines'] = [];
+    const lines: PricedCall['lines'] = mandate?.mandate ? [...mandateLinesOf(mandate, now)] : [];
     all.forEach((subjectFacts, n) => {
       if (subjectFacts) lines.push(...linesOf(unique[n]!, subjectFacts, now));
     });
@@ -67,18 +76,44 @@ function linesOf(principalId: string, facts: PrincipalFacts, now: Date): readonl
   return lines;
 }
 
+const mandatePeriodLines = new WeakMap<VerifiedToken, { until: number; lines: readonly Line[] }>();
+
+/**
+ * The budgets signed into a mandate: its own (set when it was delegated) and each ancestor mandate's, copied into its
+ * chain at delegation — so they bind without a database read, and no holder can change them.
+ */
+function mandateLinesOf(token: VerifiedToken, now: Date): readonly Line[] {
+  const claims = token.mandate!;
+  const at = now.getTime();
+  const kept = mandatePeriodLines.get(token);
+  if (kept && at < kept.until) return kept.lines;
+  const budgets = [...(claims.budget ? [{ id: token.tokenId, sub: token.principalId, budget: claims.budget }] : []), ...claims.chain.filter((link) => link.budget)];
+  const lines = budgets.map(({ id, sub, budget }): Line => {
+    const { start, end } = windowBounds(budget!.window, now);
+    return { key: mandateBudgetKey(id, budget!.window, start), limitMicros: budget!.limit_micros, periodEndMs: end.getTime(), principalId: sub, mandateId: id, window: budget!.window, currency: budget!.currency, periodEnd: end };
+  });
+  mandatePeriodLines.set(token, { until: lines.length === 0 ? Infinity : Math.min(...lines.map((line) => line.periodEndMs)), lines });
+  return lines;
+}
+
+/** The counter key of a mandate's own budget: apart from every principal's (a principal id never starts "mandate:"). */
+export function mandateBudgetKey(mandateId: string, window: string, periodStart: Date): string {
+  return budgetLineKey(`mandate:${mandateId}`, window, periodStart);
+}
+
 /** The refusal the agent reads: which budget, what remains, when it resets (in the upstream's dialect). */
 export function budgetExceeded(call: PricedCall, key: string, remainingMicros: number, decisionId: string): CaracalError {
   const line = call.lines.find((l) => l.key === key) ?? call.lines[0]!;
   const remaining = formatAmount(remainingMicros);
+  const owner = line.mandateId ? `mandate ${line.mandateId} (held by ${line.principalId})` : line.principalId;
   return new CaracalError(
     'CARACAL_BUDGET_EXCEEDED',
-    `budget_exceeded: the ${line.window} budget of ${line.principalId} has ${remaining} ${line.currency} left, this call needs ${formatAmount(call.amountMicros)}; it resets at ${line.periodEnd.toISOString()}`,
+    `budget_exceeded: the ${line.window} budget of ${owner} has ${remaining} ${line.currency} left, this call needs ${formatAmount(call.amountMicros)}; it resets at ${line.periodEnd.toISOString()}`,
     {
       reasons: ['budget_exceeded'],
       details: {
         decision_id: decisionId,
-        budget: { principal_id: line.principalId, window: line.window, limit: formatAmount(line.limitMicros), remaining, currency: line.currency, resets_at: line.periodEnd.toISOString() },
+        budget: { principal_id: line.principalId, ...(line.mandateId ? { mandate_id: line.mandateId } : {}), window: line.window, limit: formatAmount(line.limitMicros), remaining, currency: line.currency, resets_at: line.periodEnd.toISOString() },
       },
     },
   );

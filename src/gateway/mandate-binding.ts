@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { EmergencyState } from '../authority/views/emergency.js';
-import type { IssuedMandate } from '../authority/tokens/mandates.js';
+import { MandateBudgetArgs, parseMandateBudget, type IssuedMandate } from '../authority/tokens/mandates.js';
 import { TokenRejected, type VerifiedToken } from '../authority/tokens/tokens.js';
 import { CaracalError } from '../errors/catalog.js';
 import type { Authenticator, AuthResult } from './authenticate.js';
@@ -65,6 +65,8 @@ const DelegationRequest = z
     resources: z.array(z.string()).min(1).max(256),
     actions: z.array(z.string()).min(1).max(64),
     validity: z.number().int().min(1).max(365 * 86_400),
+    /** The child's own budget: `{ limit: "5.00", window: "daily", currency?: "USD" }` (see mandates.ts). */
+    budget: MandateBudgetArgs.nullish(),
   })
   .strict();
 
@@ -72,7 +74,10 @@ export interface DelegationRouteDeps extends MandateBindingDeps {
   authenticator: Authenticator;
   emergency: EmergencyState;
   /** Issues a child of an already verified parent mandate (src/authority/tokens/mandates.ts rules). */
-  delegate: (parent: VerifiedToken, args: { parentId: string; principalId: string; resources: string[]; actions: string[]; validitySeconds: number }) => Promise<IssuedMandate>;
+  delegate: (
+    parent: VerifiedToken,
+    args: { parentId: string; principalId: string; resources: string[]; actions: string[]; validitySeconds: number; budget?: z.input<typeof MandateBudgetArgs> | null },
+  ) => Promise<IssuedMandate>;
   isClosing: () => boolean;
 }
 
@@ -81,7 +86,7 @@ export interface DelegationRouteDeps extends MandateBindingDeps {
  * presented as on any other call (see `resolveMandate`): a root mandate as the bearer, a delegated
  * one in `caracal-mandate` next to its subject's own credential — so only the parent's subject can
  * delegate it, never a delegator that merely holds it. Scope, time and depth rules are those of
- * `mandate delegate`.
+ * `mandate delegate`; so is the optional `budget` of the child (400 on a bad value).
  */
 export function registerDelegationRoute(app: FastifyInstance, deps: DelegationRouteDeps): void {
   app.post('/v1/mandates/delegate', { bodyLimit: 64 * 1024 }, async (request, reply) => {
@@ -100,12 +105,15 @@ export function registerDelegationRoute(app: FastifyInstance, deps: DelegationRo
     const stopped = deps.emergency.flags(subjects);
     if (stopped.global || stopped.principal) throw new CaracalError('CARACAL_POLICY_DENIED', 'an emergency stop is in force', { reasons: ['emergency_stop'] });
     const body = DelegationRequest.parse(request.body ?? {});
+    // Refused (400, naming the field) before anything is delegated; delegateMandate checks it the same way.
+    parseMandateBudget(body.budget);
     const issued = await deps.delegate(parent, {
       parentId: body.parent ?? parent.tokenId,
       principalId: body.agent_id,
       resources: body.resources,
       actions: body.actions,
       validitySeconds: body.validity,
+      ...(body.budget ? { budget: body.budget } : {}),
     });
     reply.code(201);
     return issued;

@@ -16,7 +16,8 @@ export const MANDATE_OPERATIONS = {
     run: async (ctx, args) => issueMandate(ctx.db, await ctx.signingKey(), ctx.tokenSettings, args),
   }),
   'mandate.delegate': op({
-    description: 'Delegate a narrower mandate to another principal; only the holder of the parent mandate (its subject) can',
+    description:
+      'Delegate a narrower mandate to another principal, optionally with its own budget (limit, window, currency); only the holder of the parent mandate (its subject) can',
     args: DelegateMandateArgs,
     run: async (ctx, { parentToken, ...args }) => {
       // Holding the parent mandate is the proof of being its subject: verify it like a gateway would.

@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { IssuedMandate } from '../../src/authority/tokens/mandates.js';
 import type { MeteringData } from '../../src/events/cloudevents.js';
 import { windowBounds } from '../../src/metering/money.js';
 import { budgetLineKey } from '../../src/metering/spend-counters.js';
@@ -79,13 +80,13 @@ describe.each(BACKENDS)('metering on the %s backend', (backend) => {
     });
 
   /** The metering event of a decision, read from the metering topic. */
-  async function metering(decisionId: string): Promise<MeteringData> {
+  async function metering(decisionId: string, subject = agentId): Promise<MeteringData> {
     const events = await h.ctx.events();
     const messages = await readTopic(events, h.ctx.topics.metering, (all) => all.some((m) => m.value.includes(decisionId)));
     const found = messages.map((m) => JSON.parse(m.value) as { type: string; subject: string; data: MeteringData }).find((e) => e.data.decision_id === decisionId);
     if (!found) throw new Error(`no metering event for ${decisionId}`);
-    expect(found.type).toBe('dev.caracal.metering.call.v1');
-    expect(found.subject).toBe(agentId);
+    expect(found.type).toBe('dev.caracal.metering.event.v1');
+    expect(found.subject).toBe(subject);
     return found.data;
   }
   const spent = async () => (await (await h.ctx.spendCounters()).usage(budgetLineKey(agentId, 'daily', windowBounds('daily', new Date()).start))).spentMicros;
@@ -260,6 +261,55 @@ describe.each(BACKENDS)('metering on the %s backend', (backend) => {
     // The policy saw the budgets this call is reserved against.
     const seen = inputs.filter((input) => (input.principal as { id: string } | null)?.id === poor).at(-1)!;
     expect(seen.spend).toEqual({ budgets: [{ principal_id: poor, window: 'hourly', limit_micros: 10_000, currency: 'USD' }] });
+  });
+
+  it('charges a delegated mandate’s own budget and its delegator’s along with the caller’s, and refuses past the smallest', async () => {
+    const lead = await h.registerAgent();
+    const worker = await h.registerAgent();
+    for (const id of [lead, worker]) {
+      await h.op('policy.create', { principalId: id, resources: ['api:external/*'], actions: ['read', 'write'], maxValiditySeconds: 3600, delegationDepth: 2 });
+      await h.op('allowlist.create', { principalId: id, pattern: `${llm.url}/**`, patternType: 'glob' });
+    }
+    await h.op('budget.set', { principalId: lead, window: 'monthly', limit: '50.00', currency: 'USD' });
+    const root = (await h.op('mandate.issue', { principalId: lead, resources: ['api:external/openai'], actions: ['write'], validitySeconds: 600 })) as IssuedMandate;
+    // The worker's mandate may spend 0.0035 a day. Each call costs exactly 0.001 (no tokens in, none out) but reserves
+    // 0.001 plus its body's bound at the input price first: three fit, the fourth's reservation does not.
+    const child = (await h.op('mandate.delegate', {
+      parentToken: root.token,
+      parentId: root.id,
+      principalId: worker,
+      resources: ['api:external/openai'],
+      actions: ['write'],
+      validitySeconds: 300,
+      budget: { limit: '0.0035', window: 'daily', currency: 'USD' },
+    })) as IssuedMandate;
+    const workerToken = await h.token(worker);
+    const call = () =>
+      fetch(`${gatewayUrl}/proxy/openai/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${workerToken}`, 'caracal-mandate': child.token, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'gpt-4o', max_tokens: 0, messages: [] }),
+      });
+    const statuses: number[] = [];
+    let refusal: { error: { message: string; budget: Record<string, string> } } | null = null;
+    let lastAllowed = '';
+    for (let i = 0; i < 5; i++) {
+      const response = await call();
+      statuses.push(response.status);
+      if (response.status === 429) refusal ??= (await response.json()) as typeof refusal;
+      else {
+        lastAllowed = response.headers.get('x-caracal-decision-id')!;
+        await response.text();
+      }
+    }
+    expect(statuses).toEqual([200, 200, 200, 429, 429]);
+    expect(refusal!.error.budget).toMatchObject({ principal_id: worker, mandate_id: child.id, window: 'daily', limit: '0.0035', remaining: '0.0005' });
+    expect(refusal!.error.message).toContain(`budget of mandate ${child.id} (held by ${worker})`);
+    const event = await metering(lastAllowed, worker);
+    expect(event).toMatchObject({ principal_id: worker, chain: [lead], mandate_ids: [child.id, root.id], cost_micros: PER_REQUEST });
+    // The delegator's own budget was charged for the worker's calls.
+    const leadSpent = await (await h.ctx.spendCounters()).usage(budgetLineKey(lead, 'monthly', windowBounds('monthly', new Date()).start));
+    expect(leadSpent.spentMicros).toBe(3 * PER_REQUEST);
   });
 
   it('counts input and output by the upstream’s usage, not by anything the agent claims', async () => {

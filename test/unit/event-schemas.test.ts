@@ -221,6 +221,7 @@ const meteringData = (overrides: Partial<MeteringData> = {}): MeteringData => ({
   principal_id: 'agent-1',
   token_id: 'tok-1',
   chain: ['orchestrator-1', 'team-1'],
+  mandate_ids: ['m-2', 'm-1'],
   upstream: 'anthropic',
   resource: 'messages',
   model: 'claude-x',
@@ -671,6 +672,7 @@ describe('event JSON Schemas (schemas/events)', () => {
       ['a negative duration', meteringData({ duration_ms: -1 })],
       ['a chain of 65', meteringData({ chain: Array.from({ length: 65 }, (_, i) => `p-${i}`) })],
       ['an empty principal in the chain', meteringData({ chain: [''] })],
+      ['an empty mandate id', meteringData({ mandate_ids: [''] })],
       ['a model of 257 characters', meteringData({ model: 'm'.repeat(257) })],
       ['an estimate reason of 257 characters', meteringData({ estimate_reason: 'r'.repeat(257) })],
     ])('both reject %s', (_name, data) => {
@@ -753,6 +755,7 @@ describe('buildMeteringEvent (the gateway’s hand-checked builder) agrees with 
     principal_id: field(text, fc.constant('')),
     token_id: field(fc.oneof(anyText, fc.constant(null)), fc.constant(1)),
     chain: field(fc.oneof(fc.array(text, { maxLength: 4 }), fc.array(text, { minLength: 60, maxLength: 64 })), fc.oneof(fc.array(text, { minLength: 65, maxLength: 66 }), fc.constant(['ok', '']))),
+    mandate_ids: field(fc.oneof(fc.array(text, { maxLength: 4 }), fc.array(text, { minLength: 60, maxLength: 64 })), fc.oneof(fc.array(text, { minLength: 65, maxLength: 66 }), fc.constant(['ok', '']))),
     upstream: field(text, fc.constant('')),
     resource: field(anyText, fc.constant(null)),
     model: field(upTo256, over256),

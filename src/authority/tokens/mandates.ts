@@ -1,13 +1,14 @@
 import { SignJWT } from 'jose';
 import { z } from 'zod';
 import { CaracalError } from '../../errors/catalog.js';
+import { BUDGET_WINDOWS, parseAmount, parseCurrency, parseWindow, type BudgetWindow } from '../../metering/money.js';
 import type { Queryable } from '../../store/db.js';
 import { newId } from '../../util/ids.js';
 import type { SigningKey } from './keys.js';
 import { listPolicies, type AuthorityPolicy } from '../stores/policies.js';
 import { PrincipalId, findPrincipal } from '../stores/principals.js';
 import { scopeExcess, type Scope } from './scope.js';
-import type { TokenSettings, VerifiedToken } from './tokens.js';
+import type { MandateBudgetClaim, TokenSettings, VerifiedToken } from './tokens.js';
 
 /**
  * Mandates (docs/architecture.md, "The authority model"): ES256 JWTs with a scope, issued under a principal's authority policy,
@@ -27,6 +28,46 @@ export const IssueMandateArgs = z
   })
   .strict();
 
+/**
+ * A delegated mandate's own spending budget, as the delegator states it: the limit as decimal text
+ * (never a JSON number: binary floats), a UTC calendar window and an ISO 4217 currency (default
+ * USD). Plain strings here; `parseMandateBudget` checks them with src/metering/money.ts, so every
+ * refusal is one clear CARACAL_VALIDATION line naming its field.
+ */
+export const MandateBudgetArgs = z
+  .object({
+    limit: z.string({ error: 'must be a decimal string such as "5.00" (JSON numbers are refused: they are binary floats)' }).max(64),
+    window: z.string({ error: `must be one of ${BUDGET_WINDOWS.join(', ')}` }).max(64),
+    currency: z.string({ error: 'must be an ISO 4217 currency code such as "USD"' }).max(64).default('USD'),
+  })
+  .strict();
+
+/** A mandate's own budget: integer micro-units per UTC calendar window, in an ISO 4217 currency. */
+export interface MandateBudget {
+  limitMicros: number;
+  window: BudgetWindow;
+  currency: string;
+}
+
+/**
+ * The budget a delegator asked for, checked (positive, at most 6 decimals and MAX_AMOUNT_MICROS, a
+ * known window and currency), or null when none was; CARACAL_VALIDATION naming `budget.<field>`.
+ */
+export function parseMandateBudget(input: z.input<typeof MandateBudgetArgs> | null | undefined): MandateBudget | null {
+  if (input === null || input === undefined) return null;
+  const args = MandateBudgetArgs.parse(input);
+  const limitMicros = parseAmount(args.limit, 'budget.limit');
+  let window: BudgetWindow;
+  try {
+    window = parseWindow(args.window);
+  } catch (err) {
+    // parseWindow names the field "window"; here it is the budget's.
+    throw new CaracalError('CARACAL_VALIDATION', `budget.${(err as Error).message}`, { cause: err });
+  }
+  const currency = parseCurrency(args.currency, 'budget.currency');
+  return { limitMicros, window, currency };
+}
+
 export const DelegateMandateArgs = z
   .object({
     /**
@@ -40,6 +81,8 @@ export const DelegateMandateArgs = z
     resources: z.array(ResourcePattern).min(1).max(256),
     actions: z.array(Action).min(1).max(64),
     validitySeconds: z.coerce.number().int().min(1).max(365 * 86_400),
+    /** Optional: the delegate spends against it and against every ancestor's. */
+    budget: MandateBudgetArgs.nullish(),
   })
   .strict();
 
@@ -55,6 +98,8 @@ export interface Mandate {
   notBefore: string;
   expiresAt: string;
   revokedAt: string | null;
+  /** Its own spending budget (delegated mandates only; set at delegation), or null. */
+  budget: MandateBudget | null;
 }
 
 export interface IssuedMandate extends Mandate {
@@ -73,9 +118,14 @@ interface MandateRow {
   not_before: Date;
   expires_at: Date;
   revoked_at: Date | null;
+  /** int8 arrives as text from both drivers. */
+  budget_limit_micros: string | number | null;
+  budget_window: BudgetWindow | null;
+  budget_currency: string | null;
 }
 
-const COLUMNS = 'id, principal_id, parent_id, root_id, policy_id, depth, resources, actions, not_before, expires_at, revoked_at';
+const COLUMNS =
+  'id, principal_id, parent_id, root_id, policy_id, depth, resources, actions, not_before, expires_at, revoked_at, budget_limit_micros, budget_window, budget_currency';
 
 function toMandate(row: MandateRow): Mandate {
   return {
@@ -90,16 +140,34 @@ function toMandate(row: MandateRow): Mandate {
     notBefore: new Date(row.not_before).toISOString(),
     expiresAt: new Date(row.expires_at).toISOString(),
     revokedAt: row.revoked_at ? new Date(row.revoked_at).toISOString() : null,
+    budget:
+      row.budget_limit_micros === null || row.budget_window === null || row.budget_currency === null
+        ? null
+        : { limitMicros: Number(row.budget_limit_micros), window: row.budget_window, currency: row.budget_currency },
   };
 }
 
 const unique = (values: string[]) => [...new Set(values)];
 const seconds = (iso: string) => Math.floor(Date.parse(iso) / 1000);
 
-type ChainLink = { id: string; sub: string };
+/** An ancestor as the token lists it: its id, its subject and its own budget (absent when none). */
+type ChainLink = { id: string; sub: string; budget?: MandateBudgetClaim };
+
+/** The `budget` claim: snake_case like the other claims. */
+function budgetClaim(budget: MandateBudget): MandateBudgetClaim {
+  return { limit_micros: budget.limitMicros, window: budget.window, currency: budget.currency };
+}
 
 async function sign(key: SigningKey, settings: TokenSettings, m: Mandate, chain: ChainLink[]): Promise<string> {
-  return new SignJWT({ scope: { resources: m.resources, actions: m.actions }, parent: m.parentId, depth: m.depth, root: m.rootId, policy: m.policyId, chain })
+  return new SignJWT({
+    scope: { resources: m.resources, actions: m.actions },
+    parent: m.parentId,
+    depth: m.depth,
+    root: m.rootId,
+    policy: m.policyId,
+    chain,
+    ...(m.budget ? { budget: budgetClaim(m.budget) } : {}),
+  })
     .setProtectedHeader({ alg: 'ES256', typ: 'JWT', kid: key.kid })
     .setIssuer(settings.issuer)
     .setAudience(settings.audience)
@@ -113,9 +181,9 @@ async function sign(key: SigningKey, settings: TokenSettings, m: Mandate, chain:
 
 async function insert(db: Queryable, m: Mandate): Promise<Mandate> {
   const { rows } = await db.query<MandateRow>(
-    `INSERT INTO mandates (id, principal_id, parent_id, root_id, policy_id, depth, resources, actions, not_before, expires_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ${COLUMNS}`,
-    [m.id, m.principalId, m.parentId, m.rootId, m.policyId, m.depth, m.resources, m.actions, m.notBefore, m.expiresAt],
+    `INSERT INTO mandates (id, principal_id, parent_id, root_id, policy_id, depth, resources, actions, not_before, expires_at, budget_limit_micros, budget_window, budget_currency)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING ${COLUMNS}`,
+    [m.id, m.principalId, m.parentId, m.rootId, m.policyId, m.depth, m.resources, m.actions, m.notBefore, m.expiresAt, m.budget?.limitMicros ?? null, m.budget?.window ?? null, m.budget?.currency ?? null],
   );
   return toMandate(rows[0]!);
 }
@@ -163,6 +231,7 @@ export async function issueMandate(db: Queryable, key: SigningKey, settings: Tok
     notBefore: new Date(nbf * 1000).toISOString(),
     expiresAt: new Date((nbf + args.validitySeconds) * 1000).toISOString(),
     revokedAt: null,
+    budget: null,
   });
   return { ...mandate, token: await sign(key, settings, mandate, []) };
 }
@@ -192,7 +261,10 @@ export async function loadChain(db: Queryable, id: string, maxDepth = 64): Promi
  * its own credential: possession alone does not, as the delegator of a mandate holds it too).
  * Scope and time only narrow, the depth stays within the root policy's delegation depth, and no
  * link of the chain may be revoked or expired. The URLs a delegate reaches narrow too: the gateway
- * checks every ancestor's allowlist on each call.
+ * checks every ancestor's allowlist on each call. A budget only adds a limit: the delegate spends
+ * against its own (when given) and every ancestor's, so any budget may be set whatever the parent's.
+ * The child's token carries its budget, and its chain every ancestor's (each link taken from the
+ * parent's own signed claims), so the whole chain's budgets are known without a database read.
  */
 export async function delegateMandate(
   db: Queryable,
@@ -203,6 +275,8 @@ export async function delegateMandate(
   now = new Date(),
 ): Promise<IssuedMandate> {
   const args = DelegateMandateArgs.omit({ parentToken: true }).parse(input);
+  // Checked before anything is read or written: a bad value is reported as such, and nothing is stored.
+  const budget = parseMandateBudget(args.budget);
   if (verifiedParent.tokenId !== args.parentId) {
     throw new CaracalError('CARACAL_POLICY_DENIED', 'the parent token is not the mandate named by --parent', { reasons: ['mandate_parent_mismatch'] });
   }
@@ -244,8 +318,10 @@ export async function delegateMandate(
     notBefore: new Date(Math.max(nowSeconds, seconds(parent.notBefore)) * 1000).toISOString(),
     expiresAt: new Date((nowSeconds + args.validitySeconds) * 1000).toISOString(),
     revokedAt: null,
+    budget,
   });
-  const links: ChainLink[] = [...verifiedParent.mandate.chain, { id: parent.id, sub: parent.principalId }];
+  const parentBudget = verifiedParent.mandate.budget;
+  const links: ChainLink[] = [...verifiedParent.mandate.chain, { id: parent.id, sub: parent.principalId, ...(parentBudget ? { budget: parentBudget } : {}) }];
   return { ...mandate, token: await sign(key, settings, mandate, links) };
 }
 

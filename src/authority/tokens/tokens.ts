@@ -1,6 +1,7 @@
 import { decodeProtectedHeader, errors as joseErrors, jwtVerify, SignJWT, type JWTPayload } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { CaracalError } from '../../errors/catalog.js';
+import { BUDGET_WINDOWS, MAX_AMOUNT_MICROS } from '../../metering/money.js';
 import { newId } from '../../util/ids.js';
 import { z } from 'zod';
 import { verificationKeys, type KeyRing, type SigningKey } from './keys.js';
@@ -48,6 +49,19 @@ export async function issueAccessToken(
   };
 }
 
+/**
+ * A mandate's own spending budget as signed into tokens: integer micro-units within the bounds
+ * budgets have (src/metering/money.ts), a UTC calendar window and an ISO 4217 code.
+ */
+export const MandateBudgetClaimSchema = z
+  .object({
+    limit_micros: z.number().int().min(1).max(MAX_AMOUNT_MICROS),
+    window: z.enum(BUDGET_WINDOWS),
+    currency: z.string().regex(/^[A-Z]{3}$/),
+  })
+  .strict();
+export type MandateBudgetClaim = z.infer<typeof MandateBudgetClaimSchema>;
+
 /** The claims that make an access token a mandate (docs/architecture.md, "The authority model"). */
 export const MandateClaimsSchema = z
   .object({
@@ -57,8 +71,13 @@ export const MandateClaimsSchema = z
     root: z.string().min(1).max(64),
     /** The root mandate's authority policy. */
     policy: z.string().min(1).max(64),
-    /** The ancestors, root first: the gateway checks each one's revocation and subject on every call. */
-    chain: z.array(z.object({ id: z.string().min(1).max(64), sub: z.string().min(1).max(64) }).strict()).max(16),
+    /**
+     * The ancestors, root first: the gateway checks each one's revocation and subject on every call.
+     * Each link carries that ancestor's own budget, if it has one (absent in tokens issued before budgets).
+     */
+    chain: z.array(z.object({ id: z.string().min(1).max(64), sub: z.string().min(1).max(64), budget: MandateBudgetClaimSchema.optional() }).strict()).max(16),
+    /** This mandate's own budget (set at delegation); absent when it has none. */
+    budget: MandateBudgetClaimSchema.optional(),
   })
   .strict()
   .refine((m) => m.chain.length === m.depth && (m.parent ?? null) === (m.chain.at(-1)?.id ?? null) && (m.depth === 0 || m.root === m.chain[0]!.id), {
@@ -140,8 +159,17 @@ export class TokenVerifier {
       throw mapJoseError(err);
     }
     let mandate: MandateClaims | null = null;
-    if ('scope' in payload || 'parent' in payload || 'depth' in payload) {
-      const parsed = MandateClaimsSchema.safeParse({ scope: payload.scope, parent: payload.parent ?? null, depth: payload.depth, root: payload.root, policy: payload.policy, chain: payload.chain });
+    if ('scope' in payload || 'parent' in payload || 'depth' in payload || 'budget' in payload) {
+      const parsed = MandateClaimsSchema.safeParse({
+        scope: payload.scope,
+        parent: payload.parent ?? null,
+        depth: payload.depth,
+        root: payload.root,
+        policy: payload.policy,
+        chain: payload.chain,
+        // Absent stays absent; any value present (null included) must be a valid budget: fail closed.
+        ...('budget' in payload ? { budget: payload.budget } : {}),
+      });
       if (!parsed.success) throw new TokenRejected('bad_claims', 'the mandate claims are malformed');
       mandate = parsed.data;
       if (mandate.depth === 0 && mandate.root !== payload.jti) throw new TokenRejected('bad_claims', 'the mandate claims are malformed');

@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { EmergencyStop } from '../../authority/views/emergency.js';
 import { generateSigningKeyFile, signingKeyFromPem } from '../../authority/tokens/keys.js';
-import type { IssuedMandate, Mandate } from '../../authority/tokens/mandates.js';
+import type { IssuedMandate, Mandate, MandateBudget } from '../../authority/tokens/mandates.js';
+import { formatAmount } from '../../metering/money.js';
 import { CaracalError } from '../../errors/catalog.js';
 import { printRecord } from '../output.js';
 import { positiveInt } from '../parse.js';
@@ -15,9 +16,15 @@ const MANDATE_COLUMNS = [
   { key: 'depth', header: 'DEPTH' },
   { key: 'resources', header: 'RESOURCES' },
   { key: 'actions', header: 'ACTIONS' },
+  { key: 'budget', header: 'BUDGET' },
   { key: 'expiresAt', header: 'EXPIRES' },
   { key: 'revokedAt', header: 'REVOKED' },
 ];
+
+/** "5.00 USD daily", or null (shown as "-") when the mandate has no budget of its own. */
+function describeBudget(budget: MandateBudget | null | undefined): string | null {
+  return budget ? `${formatAmount(budget.limitMicros)} ${budget.currency} ${budget.window}` : null;
+}
 
 /**
  * `--json`: the whole mandate; `--print-id`: `<mandate id> <token>` on one line, so a shell can
@@ -29,7 +36,7 @@ function printIssued(runtime: CliRuntime, issued: IssuedMandate, options: { json
   if (options.printId) return runtime.out.line(`${issued.id} ${issued.token}`);
   if (options.quiet) return runtime.out.line(issued.token);
   const { token, ...mandate } = issued;
-  printRecord(runtime.out, { ...mandate, token });
+  printRecord(runtime.out, { ...mandate, budget: describeBudget(mandate.budget), token });
 }
 
 /** The options every grant takes: who, which scope, how long, and the output form. */
@@ -48,6 +55,20 @@ function grantArgs(options: { agentId: string; resources: string[]; actions: str
   return { principalId: options.agentId, resources: options.resources, actions: options.actions, validitySeconds: positiveInt('--validity', options.validity) };
 }
 
+/**
+ * The delegate's own budget from `--budget-limit` and `--budget-window` (both or neither) and
+ * `--budget-currency`; the values themselves are checked by the operation (one line naming the field).
+ */
+function budgetArgs(options: { budgetLimit?: string; budgetWindow?: string; budgetCurrency?: string }) {
+  const { budgetLimit: limit, budgetWindow: window, budgetCurrency: currency } = options;
+  if (limit === undefined && window === undefined) {
+    if (currency !== undefined) throw new CaracalError('CARACAL_USAGE', '--budget-currency needs --budget-limit and --budget-window');
+    return {};
+  }
+  if (limit === undefined || window === undefined) throw new CaracalError('CARACAL_USAGE', '--budget-limit and --budget-window go together: give both, or neither');
+  return { budget: { limit, window, ...(currency !== undefined ? { currency } : {}) } };
+}
+
 export function registerMandateCommands(program: Command, rt: () => CliRuntime): void {
   const mandate = program.command('mandate').description('mandates: scoped, signed, delegable grants of authority');
 
@@ -64,15 +85,19 @@ export function registerMandateCommands(program: Command, rt: () => CliRuntime):
       .command('delegate')
       .description('delegate a narrower mandate; needs the parent mandate itself (only its subject holds it)')
       .requiredOption('--parent <jti>', 'the parent mandate id')
-      .option('--parent-token <jwt>', 'the parent mandate (default: env CARACAL_MANDATE)'),
+      .option('--parent-token <jwt>', 'the parent mandate (default: env CARACAL_MANDATE)')
+      .option('--budget-limit <amount>', "the delegate's own spending limit, decimal (e.g. 5.00); needs --budget-window")
+      .option('--budget-window <window>', 'the budget window: hourly, daily, weekly or monthly (UTC); needs --budget-limit')
+      .option('--budget-currency <code>', 'the budget currency, ISO 4217 (default USD)'),
     { agent: 'the delegate', within: 'within the parent scope', validity: 'lifetime, ending no later than the parent' },
   ).action(async (options) => {
+    const budget = budgetArgs(options);
     const runtime = rt();
     const parentToken = options.parentToken ?? process.env.CARACAL_MANDATE;
     if (!parentToken) {
       throw new CaracalError('CARACAL_USAGE', 'delegation needs the parent mandate (--parent-token or env CARACAL_MANDATE): only its subject may delegate');
     }
-    const issued = await runtime.operation<IssuedMandate>('mandate.delegate', { parentToken, parentId: options.parent, ...grantArgs(options) });
+    const issued = await runtime.operation<IssuedMandate>('mandate.delegate', { parentToken, parentId: options.parent, ...grantArgs(options), ...budget });
     printIssued(runtime, issued, options);
   });
 
@@ -99,7 +124,7 @@ export function registerMandateCommands(program: Command, rt: () => CliRuntime):
       const runtime = rt();
       const mandates = await runtime.operation<Mandate[]>('mandate.list', options.agentId ? { principalId: options.agentId } : {});
       if (options.json) runtime.out.json(mandates);
-      else runtime.out.table(mandates as unknown as Record<string, unknown>[], MANDATE_COLUMNS);
+      else runtime.out.table(mandates.map((m) => ({ ...m, budget: describeBudget(m.budget) })), MANDATE_COLUMNS);
     });
 
   const emergency = program.command('emergency').description('emergency stop: deny everything, or everything of one principal');
