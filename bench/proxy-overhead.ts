@@ -7,9 +7,10 @@
  * KAFKA_BROKERS/DATABASE_URL/REDIS_URL set, b' and w' run on Kafka + PostgreSQL + Redis.
  *
  * Peer w turns the spool off (each request waits for its event in PGlite; w' for Kafka's acks).
- * Peer g is b with budgets: the upstream is priced and the agent has a budget that never runs out, so every call
- * is reserved before it is sent and settled after (in-process; g' on Redis, one Lua script each way). Its ratio
- * to b is what budgets cost.
+ * Peer m is b with a priced upstream: every call is metered (its cost worked out when it ends, and a metering
+ * event made durable besides its decision event). Peer g is m with budgets: the agent has a budget that never runs
+ * out, so every call is also reserved before it is sent and settled after (in-process; g' on Redis). g's ratio to m
+ * is what budgets cost; m's to b is what metering costs. Both ratios are printed under the table.
  * Peer e spreads the load over BENCH_PRINCIPALS (default 10000) principals with one token each,
  * to show what the verified-token cache does. All connections draw their next token from one
  * shared cursor, so consecutive requests name consecutive principals whatever connection sends
@@ -201,8 +202,10 @@ const specs: PeerSpec[] = [
   // The embedded default as configured (decisions durable in the local spool, shipped to PGlite).
   { letter: 'b', name: 'b  caracal gateway, embedded default', args: ['gateway', u], env: embeddedEnv },
   { letter: 'w', name: 'w  as b, spool off: waits for PGlite per request', args: ['gateway', u, '--no-spool'], env: embeddedEnv },
-  // Budgets: a priced upstream and a budget that never runs out, so every call is reserved and settled.
-  { letter: 'g', name: 'g  as b, with a budget (in-process reserve + settle)', args: ['gateway', u, '--budget'], env: embeddedEnv },
+  // Metering: a priced upstream, every call costed and a metering event recorded.
+  { letter: 'm', name: 'm  as b, priced upstream (metered, no budget)', args: ['gateway', u, '--priced'], env: embeddedEnv },
+  // Budgets: as m, and a budget that never runs out, so every call is also reserved and settled.
+  { letter: 'g', name: 'g  as m, with a budget (in-process reserve + settle)', args: ['gateway', u, '--budget'], env: embeddedEnv },
 ];
 if (principals > 0) {
   // The same gateway with its load spread over many principals, each with its own token.
@@ -223,8 +226,10 @@ if (process.env.KAFKA_BROKERS && process.env.DATABASE_URL) {
   specs.push({ letter: "b'", name: "b' as b on PostgreSQL + Kafka + Redis", args: ['gateway', u], env });
   const waitEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_wait_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchwait${Date.now()}.` };
   specs.push({ letter: "w'", name: "w' as b', spool off: waits for Kafka acks", args: ['gateway', u, '--no-spool'], env: waitEnv });
+  const pricedEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_priced_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchpriced${Date.now()}.` };
+  specs.push({ letter: "m'", name: "m' as b', priced upstream (metered, no budget)", args: ['gateway', u, '--priced'], env: pricedEnv });
   const budgetEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_budget_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchbudget${Date.now()}.` };
-  specs.push({ letter: "g'", name: "g' as b', with a budget (a Redis Lua script per reserve and per settle)", args: ['gateway', u, '--budget'], env: budgetEnv });
+  specs.push({ letter: "g'", name: "g' as m', with a budget (Redis)", args: ['gateway', u, '--budget'], env: budgetEnv });
 }
 
 const peers: { name: string; started: Started }[] = [];
@@ -273,6 +278,20 @@ try {
     console.log(
       `${r.name.padEnd(60)} ${r.rps.toFixed(0).padStart(9)} ${r.p50.toFixed(1).padStart(7)} ${r.p99.toFixed(1).padStart(7)} ${String(r.errors).padStart(7)} ${String(r.non2xx).padStart(8)} ${String(r.principals ?? '-').padStart(10)} ${(r.rps / bare.rps).toFixed(2).padStart(6)} ${(r.cpuUs?.toFixed(0) ?? '-').padStart(10)} ${cpuRatio.padStart(9)}`,
     );
+  }
+  // Each feature against its peer without it, measured in the same rounds.
+  const byLetter = (letter: string) => results.find((r) => r.name.startsWith(`${letter} `));
+  for (const [what, withIt, without] of [
+    ['metering (m/b)', 'm', 'b'],
+    ['budgets (g/m)', 'g', 'm'],
+    ["metering (m'/b')", "m'", "b'"],
+    ["budgets (g'/m')", "g'", "m'"],
+  ] as const) {
+    const on = byLetter(withIt);
+    const off = byLetter(without);
+    if (!on || !off) continue;
+    const cpu = on.cpuUs !== undefined && off.cpuUs !== undefined ? `, CPU per request ×${(on.cpuUs / off.cpuUs).toFixed(2)}` : '';
+    console.log(`${what}: req/s ratio ${(on.rps / off.rps).toFixed(3)} (cost ${((1 - on.rps / off.rps) * 100).toFixed(1)} %)${cpu}`);
   }
   // Added latency at a fixed offered load of half the bare proxy's req/s (BENCH_HALF_LOAD=0 skips
   // it): throughput ratios say how far each peer can go, this says what a request pays below

@@ -73,10 +73,11 @@ if (role === 'upstream') {
     overrides: {
       // The per-principal limiter runs on every request (its cost is measured) but is set wide
       // enough never to refuse: the benchmark measures throughput, not the limit.
-      // --budget: the upstream is priced (one micro-unit a call) and the agent has a budget far above what a run
-      // spends: every request reserves and settles, and none is refused (the cost of budgets, not their effect).
+      // --priced: the upstream is priced (one micro-unit a call): every request is metered. --budget: priced, and the
+      // agent has a budget far above what a run spends: every request also reserves and settles, and none is refused
+      // (the cost of budgets, not their effect).
       gateway: {
-        upstreams: [{ name: 'echo', url: upstreamUrl!, ...(flags.includes('--budget') ? { pricing: { currency: 'USD', perRequest: '0.000001' } } : {}) }],
+        upstreams: [{ name: 'echo', url: upstreamUrl!, ...(flags.includes('--budget') || flags.includes('--priced') ? { pricing: { currency: 'USD', perRequest: '0.000001' } } : {}) }],
         limits: { perPrincipal: { maxConcurrent: 10_000, rate: { ratePerSecond: 1_000_000, burst: 1_000_000 } } },
       },
       // --no-token-cache: every request pays the ES256 verification (what the cache saves).

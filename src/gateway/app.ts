@@ -61,7 +61,10 @@ export interface GatewayDeps {
   emergency: EmergencyState;
   allowlist: AllowlistChecker;
   /** Issues a child of an already verified parent mandate (src/authority/tokens/mandates.ts rules). */
-  delegate: (parent: VerifiedToken, args: { parentId: string; principalId: string; resources: string[]; actions: string[]; validitySeconds: number }) => Promise<IssuedMandate>;
+  delegate: (
+    parent: VerifiedToken,
+    args: { parentId: string; principalId: string; resources: string[]; actions: string[]; validitySeconds: number; budget?: { limit: string; window: string; currency?: string } | null },
+  ) => Promise<IssuedMandate>;
   /** Verifies a Caracal mandate presented next to another credential (→ TokenRejected). */
   verifyMandate: (token: string) => VerifiedToken | Promise<VerifiedToken>;
   authenticator: Authenticator;
