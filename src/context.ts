@@ -4,6 +4,7 @@ import type { Cache } from './cache/cache.js';
 import { RedisCache } from './cache/redis-cache.js';
 import { RedisSpendCounters } from './metering/redis-spend-counters.js';
 import { MemorySpendCounters, type SpendCounters } from './metering/spend-counters.js';
+import { reconcileSpend } from './metering/reconcile.js';
 import type { CaracalConfig } from './config/schema.js';
 import { openEventLog } from './events/open.js';
 import type { EventLog } from './events/event-log.js';
@@ -38,6 +39,7 @@ export class AppContext {
   private eventsPromise?: Promise<EventLog>;
   private cachePromise?: Promise<Cache>;
   private spendPromise?: Promise<SpendCounters>;
+  private spendOpenPromise?: Promise<SpendCounters>;
   private keyPromise?: Promise<KeyRing>;
   private publisherInstance?: EventPublisher;
   private readonly closers: (() => Promise<void>)[] = [];
@@ -86,14 +88,38 @@ export class AppContext {
 
   /**
    * Budget spend counters on the cache's store: Redis (shared by every gateway process) or in-process (the embedded
-   * default: one gateway process).
+   * default: one gateway process). Counters that are not ready when first opened — a fresh or flushed Redis, a new
+   * process on the embedded default — are first reconciled from the metering events recorded in the database
+   * (src/metering/reconcile.ts), so a fresh deployment works and the embedded default keeps its budgets across
+   * restarts. Counters lost while this process runs are not repaired here: budgets then fail closed until
+   * `caracal budget reconcile`. `{ reconcileIfLost: false }` hands them out as they are (that command itself).
+   * Counters given as an override are handed out as they are.
    */
-  spendCounters(): Promise<SpendCounters> {
+  spendCounters(options: { reconcileIfLost?: boolean } = {}): Promise<SpendCounters> {
+    if (options.reconcileIfLost === false) return this.openSpendCounters();
+    this.spendPromise ??= (async () => {
+      const counters = await this.openSpendCounters();
+      if (this.overrides.spend || (await counters.isReady())) return counters;
+      const report = await reconcileSpend(this.db, counters, new Date());
+      this.logger.info(
+        { counters: counters.kind, lines: report.lines.length, restored: report.lines.filter((line) => line.restoredMicros > 0).length },
+        'budget spend counters started empty: reconciled from the recorded metering events',
+      );
+      return counters;
+    })().catch((err: unknown) => {
+      // Not kept: the next caller tries again (the database or Redis may be back).
+      this.spendPromise = undefined;
+      throw err;
+    });
+    return this.spendPromise;
+  }
+
+  private openSpendCounters(): Promise<SpendCounters> {
     const override = this.overrides.spend;
-    this.spendPromise ??= override
+    this.spendOpenPromise ??= override
       ? Promise.resolve(override)
       : this.cache().then((cache) => (cache instanceof RedisCache ? new RedisSpendCounters(cache) : new MemorySpendCounters()));
-    return this.spendPromise;
+    return this.spendOpenPromise;
   }
 
   /** The current signing key and the earlier ones still trusted (rotation overlap). */

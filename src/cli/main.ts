@@ -15,6 +15,7 @@ import { registerMerkleCommands } from './commands/merkle.js';
 import { registerPartitionCommands } from './commands/partitions.js';
 import { registerPolicyCommands } from './commands/policy.js';
 import { registerServeCommands } from './commands/serve.js';
+import { registerSpendCommands } from './commands/spend.js';
 import { registerTokenCommands } from './commands/token.js';
 import type { Output } from './output.js';
 import { createRuntime, type CliRuntime } from './runtime.js';
@@ -37,6 +38,7 @@ export function buildProgram(runtime: () => CliRuntime, err: (text: string) => v
   registerPolicyCommands(program, runtime);
   registerAllowlistCommands(program, runtime);
   registerBudgetCommands(program, runtime);
+  registerSpendCommands(program, runtime);
   registerTokenCommands(program, runtime);
   registerDbCommands(program, runtime);
   registerPartitionCommands(program, runtime);

@@ -6,14 +6,14 @@ import type { ConsumerMetrics } from '../metrics/metrics.js';
 import { migrateUp } from '../store/migrate.js';
 import { auditLogger } from './audit-logger.js';
 import { ledgerWriter } from './ledger-writer.js';
+import { metricsAggregator } from './metrics-aggregator.js';
 import { startConsumer, type ConsumerOptions, type ConsumerRole, type RunningConsumer } from './runner.js';
 
 /** The consumer roles by name; the runbook's `--only` values. `metrics()` is the registry once there is one. */
 const ROLES: Record<string, ((ctx: AppContext, metrics: () => ConsumerMetrics | undefined) => ConsumerRole) | null> = {
   'audit-logger': auditLogger,
   'ledger-writer': ledgerWriter,
-  // Not built yet: named so `--only` gives a clear answer instead of "unknown".
-  'metrics-aggregator': null,
+  'metrics-aggregator': metricsAggregator,
 };
 
 export const CONSUMER_ROLES = Object.keys(ROLES);

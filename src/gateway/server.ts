@@ -147,6 +147,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     })();
   }
 
+  const spend = await ctx.spendCounters();
   const gateway = await buildGatewayApp({
     config,
     logger: ctx.logger,
@@ -184,11 +185,19 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
         },
         advisory: true,
       },
+      // Lost counters (a flushed Redis) refuse priced calls until `caracal budget reconcile`; other calls go on.
+      {
+        name: 'budgets',
+        check: async () => {
+          if (!(await spend.isReady())) throw new Error('budget spend counters were lost; priced calls are refused until `caracal budget reconcile`');
+        },
+        advisory: true,
+      },
     ],
     jwks: async () => ({ keys: verificationKeys(ring, Math.floor(Date.now() / 1000)).map((k) => k.publicJwk) }),
     source: `caracal/gateway/${ctx.instanceId}`,
     ledgerDb: ctx.db,
-    spend: await ctx.spendCounters(),
+    spend,
   });
   return {
     gateway,

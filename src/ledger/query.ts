@@ -1,4 +1,5 @@
 // Reading the ledger for people: `caracal ledger query` and `caracal ledger summary`. See README.md ("Commands").
+import { agentSpend, type AgentSpend } from '../metering/reconcile.js';
 import type { Queryable } from '../store/db.js';
 import { ledgerCounts, readEntriesByTime, readSequencer, type LedgerEntry } from './store.js';
 
@@ -57,6 +58,14 @@ export async function queryLedger(db: Queryable, origin: string, query: { subjec
     occurredAt: entry.occurredAt,
     checkpoint: coveringSize(sizes, entry.leafIndex),
   }));
+}
+
+/**
+ * What the agent's own proxied calls in [start, end) cost, per currency, and how many there were: from the metering
+ * events recorded in the audit log (by event time, as the ledger rows are), not limited to the rows shown.
+ */
+export function queryAgentSpend(db: Queryable, query: { subject: string; start: Date; end: Date }): Promise<AgentSpend> {
+  return agentSpend(db, query.subject, query.start, query.end);
 }
 
 export interface LedgerSummary {

@@ -8,7 +8,7 @@ import { BUDGET_WINDOWS, MAX_AMOUNT_MICROS, formatAmount, parseCurrency, type Bu
  * Budgets (table `budgets`, migration 0009): at most one spending limit per principal and window. A principal may
  * have several, one per window (say 10.00 an hour and 100.00 a month). Limits are integer micro-units in an ISO 4217
  * currency; windows are UTC calendar periods (src/metering/money.ts). This module stores and reads them; the
- * operator operations are in src/operations/budgets.ts. The gateway does not enforce them yet.
+ * operator operations are in src/operations/budgets.ts. The gateway enforces them on priced upstreams (src/gateway/budget-gate.ts).
  */
 
 export interface Budget {

@@ -12,10 +12,28 @@
  * nothing behind — settling again finds nothing to settle — so Redis holds the calls in flight and the lines, not
  * every call made. All keys of a line expire COUNTER_GRACE_MS after its period. The scripts derive keys from the line
  * keys they are given: one Redis (or one cluster slot per call), which is what Caracal runs.
+ *
+ * Readiness: `spend:ready` (with the cache's prefix) is set by `markReady` once the counters hold what was spent, and
+ * has no expiry. A Redis that lost its data (FLUSHALL, a restart without persistence) lost it too, so RESERVE, which
+ * checks it in the same script, refuses every call (CARACAL_DEPENDENCY) until `caracal budget reconcile` restores the
+ * spend from the recorded metering events and sets it again. SETTLE does not check it: a settlement only ever adds.
  */
 import type { RedisCache } from '../cache/redis-cache.js';
 import { CaracalError } from '../errors/catalog.js';
-import { checkReservation, COUNTER_GRACE_MS, type BudgetLine, type LineUsage, type ReserveResult, type SpendCounters } from './spend-counters.js';
+import {
+  checkReservation,
+  checkRestore,
+  COUNTER_GRACE_MS,
+  countersLostError,
+  type BudgetLine,
+  type LineUsage,
+  type ReserveResult,
+  type RestoreEntry,
+  type SpendCounters,
+} from './spend-counters.js';
+
+/** The readiness mark (the cache's prefix is added like on every key). */
+export const READY_KEY = 'spend:ready';
 
 const NOW_AND_SWEEP = `
 local t = redis.call('TIME')
@@ -35,12 +53,13 @@ local function sweep(k)
 end
 `;
 
-/** KEYS: the lines. ARGV: id, amount, ttl, grace, then limit and period end per line. */
+/** KEYS: the readiness mark, then the lines. ARGV: id, amount, ttl, grace, then limit and period end per line. */
 const RESERVE = `${NOW_AND_SWEEP}
-local n = #KEYS
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2} end
+local n = #KEYS - 1
 local id, amount, ttl, grace = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 for i = 1, n do
-  local k = KEYS[i]
+  local k = KEYS[i + 1]
   sweep(k)
   if i == 1 and (redis.call('HEXISTS', k .. ':amt', id) == 1 or redis.call('HEXISTS', k .. ':lapsed', id) == 1) then return {-1} end
   local limit = tonumber(ARGV[3 + 2 * i])
@@ -49,7 +68,7 @@ for i = 1, n do
   if spent + reserved + amount > limit then return {0, i, spent, reserved} end
 end
 for i = 1, n do
-  local k = KEYS[i]
+  local k = KEYS[i + 1]
   local keep = tonumber(ARGV[4 + 2 * i]) + grace
   redis.call('ZADD', k .. ':res', now + ttl, id)
   redis.call('HSET', k .. ':amt', id, amount)
@@ -85,6 +104,24 @@ end
 return 1
 `;
 
+/** KEYS: the lines. ARGV: grace, then spent and period end per line. Spent only ever rises here. */
+const RESTORE = `
+local grace = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local spent = tonumber(ARGV[2 * i])
+  local current = tonumber(redis.call('GET', k .. ':spent') or '0')
+  if spent > current then
+    redis.call('SET', k .. ':spent', spent)
+    redis.call('PEXPIREAT', k .. ':spent', tonumber(ARGV[2 * i + 1]) + grace)
+  end
+end
+return 1
+`;
+
+/** Lines per RESTORE script: a reconcile restores every budget, in slices that keep each script short. */
+const RESTORE_SLICE = 256;
+
 /** KEYS: the line. */
 const USAGE = `${NOW_AND_SWEEP}
 sweep(KEYS[1])
@@ -101,8 +138,9 @@ export class RedisSpendCounters implements SpendCounters {
     checkReservation(reservationId, lines, amountMicros, ttlMs);
     const args: (string | number)[] = [reservationId, amountMicros, ttlMs, COUNTER_GRACE_MS];
     for (const line of lines) args.push(line.limitMicros, line.periodEndMs);
-    const reply = (await this.redis.evalScript('spend_reserve', RESERVE, lines.map((line) => line.key), args)) as number[];
+    const reply = (await this.redis.evalScript('spend_reserve', RESERVE, [READY_KEY, ...lines.map((line) => line.key)], args)) as number[];
     if (reply[0] === 1) return { ok: true };
+    if (reply[0] === -2) throw countersLostError();
     if (reply[0] === -1) throw new CaracalError('CARACAL_CONFLICT', `reservation ${reservationId} exists already`);
     const line = lines[Number(reply[1]) - 1]!;
     const spentMicros = Number(reply[2]);
@@ -119,6 +157,24 @@ export class RedisSpendCounters implements SpendCounters {
   async usage(key: string): Promise<LineUsage> {
     const [spent, reserved] = (await this.redis.evalScript('spend_usage', USAGE, [key], [])) as number[];
     return { spentMicros: Number(spent), reservedMicros: Number(reserved) };
+  }
+
+  async restore(entries: readonly RestoreEntry[]): Promise<void> {
+    checkRestore(entries);
+    for (let i = 0; i < entries.length; i += RESTORE_SLICE) {
+      const slice = entries.slice(i, i + RESTORE_SLICE);
+      const args: (string | number)[] = [COUNTER_GRACE_MS];
+      for (const { line, spentMicros } of slice) args.push(spentMicros, line.periodEndMs);
+      await this.redis.evalScript('spend_restore', RESTORE, slice.map(({ line }) => line.key), args);
+    }
+  }
+
+  async markReady(): Promise<void> {
+    await this.redis.set(READY_KEY, new Date().toISOString());
+  }
+
+  async isReady(): Promise<boolean> {
+    return (await this.redis.get(READY_KEY)) !== null;
   }
 
   /** The connection is the cache's: closing the cache closes it. */

@@ -4,6 +4,12 @@
  * reservation either fits under every line's limit and is taken on all of them at once, or is taken on none.
  * Implemented by Redis (a Lua script: atomic across gateway processes) and in-process (atomic in one process, for
  * the embedded default). Amounts are integer micro-units.
+ *
+ * The counters know when they were lost. A store that lost its data (Redis flushed, or restarted without persistence;
+ * a new process on the embedded default) would otherwise start every budget at zero and let calls through that the
+ * budget no longer covers. So the counters keep a readiness mark, set only once they hold what was spent
+ * (`markReady`, after `restore` from the recorded metering events: src/metering/reconcile.ts); without it every
+ * reserve is refused (CARACAL_DEPENDENCY: budgets fail closed) until `caracal budget reconcile` has run.
  */
 import { CaracalError } from '../errors/catalog.js';
 
@@ -49,7 +55,32 @@ export interface SpendCounters {
    */
   settle(reservationId: string, lines: readonly BudgetLine[], actualMicros: number): Promise<void>;
   usage(key: string): Promise<LineUsage>;
+  /**
+   * Sets each line's spent to the larger of what it holds and `spentMicros` (with the line's expiry): never lowers a
+   * live counter, so restoring the recorded spend onto counters that were not lost changes nothing that counts, and
+   * restoring twice is restoring once. Reservations are left alone.
+   */
+  restore(entries: readonly RestoreEntry[]): Promise<void>;
+  /** Marks the counters as holding what was spent: reserve works from now on. */
+  markReady(): Promise<void>;
+  /** False on counters that never were marked ready, or lost the mark with their data. */
+  isReady(): Promise<boolean>;
   close(): Promise<void>;
+}
+
+/** One line's spent, as recorded (src/metering/reconcile.ts). */
+export interface RestoreEntry {
+  line: BudgetLine;
+  spentMicros: number;
+}
+
+/** What a reserve on counters that are not ready throws. */
+export function countersLostError(): CaracalError {
+  return new CaracalError(
+    'CARACAL_DEPENDENCY',
+    'budget spend counters were lost (the cache was flushed or restarted empty, or never restored); budgets are refused until `caracal budget reconcile` restores them from the recorded metering events',
+    { retriable: false },
+  );
 }
 
 /** How long a line's counters outlive its period (late settlements of long calls still land). */
@@ -67,13 +98,28 @@ export function checkReservation(reservationId: string, lines: readonly BudgetLi
   if (!Number.isSafeInteger(amountMicros) || amountMicros < 0) throw bad(`an amount is a non-negative integer of micro-units, got ${amountMicros}`);
   if (ttlMs !== undefined && (!Number.isSafeInteger(ttlMs) || ttlMs <= 0)) throw bad(`a reservation ttl is a positive integer of ms, got ${ttlMs}`);
   if (lines.length === 0 || lines.length > 64) throw bad('a call spends against 1 to 64 budget lines');
+  checkLines(lines);
+}
+
+function checkLines(lines: readonly BudgetLine[]): void {
+  const bad = (what: string) => new CaracalError('CARACAL_VALIDATION', `spend counters: ${what}`);
   const keys = new Set<string>();
   for (const line of lines) {
-    if (line.key.length === 0 || line.key.length > 512) throw bad('a line key is 1-512 characters');
+    if (typeof line.key !== 'string' || line.key.length === 0 || line.key.length > 512) throw bad('a line key is 1-512 characters');
     if (keys.has(line.key)) throw bad(`line ${line.key} is given twice`);
     keys.add(line.key);
     if (!Number.isSafeInteger(line.limitMicros) || line.limitMicros <= 0) throw bad(`a line limit is a positive integer, got ${line.limitMicros}`);
     if (!Number.isSafeInteger(line.periodEndMs) || line.periodEndMs <= 0) throw bad(`a period end is epoch ms, got ${line.periodEndMs}`);
+  }
+}
+
+/** The checks of `restore`, on both implementations: lines as for a reservation (any number), amounts whole micro-units. */
+export function checkRestore(entries: readonly RestoreEntry[]): void {
+  checkLines(entries.map((entry) => entry.line));
+  for (const entry of entries) {
+    if (!Number.isSafeInteger(entry.spentMicros) || entry.spentMicros < 0) {
+      throw new CaracalError('CARACAL_VALIDATION', `spend counters: a restored spend is a non-negative integer of micro-units, got ${entry.spentMicros}`);
+    }
   }
 }
 
@@ -112,11 +158,14 @@ export class MemorySpendCounters implements SpendCounters {
   readonly kind = 'memory' as const;
   private readonly lines = new Map<string, MemoryLine>();
   private lastSweep = 0;
+  /** A new process holds nothing of what was spent: not ready until restored (src/metering/reconcile.ts). */
+  private ready = false;
 
   constructor(private readonly now: () => number = Date.now) {}
 
   async reserve(reservationId: string, lines: readonly BudgetLine[], amountMicros: number, ttlMs: number): Promise<ReserveResult> {
     checkReservation(reservationId, lines, amountMicros, ttlMs);
+    if (!this.ready) throw countersLostError();
     const now = this.now();
     this.sweep(now);
     const states = lines.map((line) => this.line(line, now));
@@ -164,8 +213,29 @@ export class MemorySpendCounters implements SpendCounters {
     return { spentMicros: state.spent, reservedMicros: state.reserved };
   }
 
+  async restore(entries: readonly RestoreEntry[]): Promise<void> {
+    checkRestore(entries);
+    const now = this.now();
+    this.sweep(now);
+    for (const { line, spentMicros } of entries) {
+      // A line whose period and grace are over is not kept (as on Redis, where it would expire at once).
+      if (line.periodEndMs + COUNTER_GRACE_MS <= now) continue;
+      const state = this.line(line, now);
+      state.spent = Math.max(state.spent, spentMicros);
+    }
+  }
+
+  async markReady(): Promise<void> {
+    this.ready = true;
+  }
+
+  async isReady(): Promise<boolean> {
+    return this.ready;
+  }
+
   async close(): Promise<void> {
     this.lines.clear();
+    this.ready = false;
   }
 
   private line(line: BudgetLine, now: number): MemoryLine {

@@ -151,6 +151,8 @@ export class ConsumerMetrics {
   readonly merkleTreeSize: Gauge<string>;
   readonly merkleCheckpointAge: Gauge<string>;
   readonly merkleVerificationFailures: Counter<string>;
+  /** The metrics aggregator (src/consumers/metrics-aggregator.ts): recorded spend, in micro-units. No principal label. */
+  readonly spending: Counter<'currency' | 'upstream'>;
 
   constructor(defaultMetrics = true) {
     if (defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'caracal_' });
@@ -174,6 +176,12 @@ export class ConsumerMetrics {
     this.merkleVerificationFailures = new Counter({
       name: 'caracal_merkle_verification_failures_total',
       help: 'Ledger verification failures recorded in the database: by the writer before signing (nothing was signed) and by merkle verify-* commands',
+      registers,
+    });
+    this.spending = new Counter({
+      name: 'caracal_spending_total',
+      help: 'Recorded spend of proxied calls in micro-units (1 unit = 1,000,000) of the currency, each metering event counted once',
+      labelNames: ['currency', 'upstream'],
       registers,
     });
   }

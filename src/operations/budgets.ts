@@ -3,6 +3,7 @@ import { PrincipalId, findPrincipal } from '../authority/stores/principals.js';
 import { CaracalError } from '../errors/catalog.js';
 import { deleteBudget, getBudget, getBudgets, listBudgets, setBudget, type Budget } from '../metering/budgets.js';
 import { BUDGET_WINDOWS, parseAmount, parseCurrency, parseWindow, windowBounds } from '../metering/money.js';
+import { reconcileSpend, type ReconcileReport } from '../metering/reconcile.js';
 import type { AppContext } from '../context.js';
 import { announced, op } from './define.js';
 
@@ -49,7 +50,10 @@ function lifecycle(budget: Budget, action: 'created' | 'replaced' | 'deleted') {
   };
 }
 
-/** Per-principal spending limits, one per window (stored and managed; the gateway does not enforce them yet). */
+/**
+ * Per-principal spending limits, one per window, enforced by the gateway on every priced call (reserved on the spend
+ * counters before the call, settled after it); `budget.reconcile` restores the counters from the recorded spend.
+ */
 export const BUDGET_OPERATIONS = {
   'budget.set': op({
     description: "Set a principal's budget for a window (hourly, daily, weekly or monthly), replacing the one it had",
@@ -80,6 +84,13 @@ export const BUDGET_OPERATIONS = {
       if (!budget) throw new CaracalError('CARACAL_NOT_FOUND', `principal ${args.principalId} has no ${window} budget`);
       return view(budget, now);
     },
+  }),
+  'budget.reconcile': op({
+    description:
+      "Restore the budget spend counters from the metering events recorded in the audit log (each budget's current period, never lowering a counter), then let budgets bind again: after the counters were lost (Redis flushed or restarted empty)",
+    args: z.object({}).strict(),
+    // The counters as they are (not reconciled on opening): this is the reconcile.
+    run: async (ctx): Promise<ReconcileReport> => reconcileSpend(ctx.db, await ctx.spendCounters({ reconcileIfLost: false }), new Date()),
   }),
   'budget.delete': op({
     description: "Remove a principal's budget for one window, or all its budgets",

@@ -9,6 +9,7 @@ import { BUDGET_OPERATIONS } from './budgets.js';
 import { DLQ_OPERATIONS } from './dlq.js';
 import { MANDATE_OPERATIONS } from './mandates.js';
 import type { Operation } from './define.js';
+import { SPEND_OPERATIONS } from './spend.js';
 import { SYSTEM_OPERATIONS } from './system.js';
 
 /**
@@ -21,6 +22,7 @@ export const OPERATIONS = {
   ...AUTHORITY_OPERATIONS,
   ...ALLOWLIST_OPERATIONS,
   ...BUDGET_OPERATIONS,
+  ...SPEND_OPERATIONS,
   ...MANDATE_OPERATIONS,
   ...SYSTEM_OPERATIONS,
   ...AUDIT_OPERATIONS,

@@ -137,6 +137,9 @@ describe('budgets when the spend counters cannot be reached', () => {
       reserve: () => Promise.reject(new CaracalError('CARACAL_DEPENDENCY', 'redis reserve: connect ECONNREFUSED', { retriable: true })),
       settle: () => Promise.reject(new CaracalError('CARACAL_DEPENDENCY', 'redis settle: connect ECONNREFUSED', { retriable: true })),
       usage: () => Promise.reject(new CaracalError('CARACAL_DEPENDENCY', 'redis usage: connect ECONNREFUSED', { retriable: true })),
+      restore: () => Promise.reject(new CaracalError('CARACAL_DEPENDENCY', 'redis restore: connect ECONNREFUSED', { retriable: true })),
+      markReady: async () => {},
+      isReady: async () => true,
       close: async () => {},
     };
     const h = await createHarness({ spend: down, extraUpstreams: [{ name: 'paid', url: paid.url, pricing: { currency: 'USD', perRequest: '0.01' } as unknown as NonNullable<ExtraUpstream['pricing']> }] });

@@ -27,7 +27,10 @@ function redisImplementation(): Implementation {
       const b = new RedisCache({ url: requireServices().redisUrl, keyPrefix });
       caches.push(a, b);
       await Promise.all([a.connect(), b.connect()]);
-      return [new RedisSpendCounters(a), new RedisSpendCounters(b)];
+      const counters: [SpendCounters, SpendCounters] = [new RedisSpendCounters(a), new RedisSpendCounters(b)];
+      // Fresh counters are not ready until restored (test/integration/spend-counters-reconcile.test.ts): nothing to restore here.
+      await counters[0].markReady();
+      return counters;
     },
     close: async () => {
       await Promise.all(caches.map((c) => c.close()));
@@ -39,6 +42,7 @@ function memoryImplementation(): Implementation {
   return {
     open: async () => {
       const counters = new MemorySpendCounters();
+      await counters.markReady();
       return [counters, counters];
     },
     close: async () => {},

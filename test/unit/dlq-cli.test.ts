@@ -22,7 +22,6 @@ describe('caracal consumers and dlq commands on the embedded default', { timeout
     expectOneLineError(await caracal('dlq', 'redrive', '--event-id', 'no-such-event'), /no DLQ entry/);
     expectOneLineError(await caracal('dlq', 'list', '--limit', '0'), /limit/);
     expectOneLineError(await caracal('consumers', 'start', '--only', 'bogus'), /unknown consumer "bogus"/);
-    expectOneLineError(await caracal('consumers', 'start', '--only', 'metrics-aggregator'), /not built yet/);
   });
 
   it('records the CLI\'s own operations in the audit log (os user, host) and queries them', async () => {

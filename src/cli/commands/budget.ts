@@ -1,6 +1,8 @@
 import type { Command } from 'commander';
 import type { Budget } from '../../metering/budgets.js';
+import type { ReconcileReport } from '../../metering/reconcile.js';
 import type { BudgetView, SetBudgetReport } from '../../operations/budgets.js';
+import { formatAmount } from '../../metering/money.js';
 import { printRecord } from '../output.js';
 import type { CliRuntime } from '../runtime.js';
 
@@ -21,10 +23,24 @@ const GET_COLUMNS = [
   { key: 'updatedAt', header: 'UPDATED' },
 ];
 
+const RECONCILE_COLUMNS = [
+  { key: 'principalId', header: 'AGENT' },
+  { key: 'mandateId', header: 'MANDATE' },
+  { key: 'window', header: 'WINDOW' },
+  { key: 'periodStart', header: 'PERIOD START' },
+  { key: 'currency', header: 'CURRENCY' },
+  { key: 'limit', header: 'LIMIT' },
+  { key: 'restored', header: 'RECORDED' },
+  { key: 'events', header: 'EVENTS' },
+  { key: 'spent', header: 'SPENT' },
+];
+
 const WINDOWS = 'hourly | daily | weekly | monthly (UTC calendar periods; weeks start on Monday)';
 
 export function registerBudgetCommands(program: Command, rt: () => CliRuntime): void {
-  const budget = program.command('budget').description('per-principal spending limits, one per window (stored and managed; the gateway does not enforce them yet)');
+  const budget = program
+    .command('budget')
+    .description('per-principal spending limits, one per window, enforced by the gateway on every priced call of the principal and of the agents it delegated to');
 
   budget
     .command('set')
@@ -92,6 +108,29 @@ export function registerBudgetCommands(program: Command, rt: () => CliRuntime): 
         createdAt: view.createdAt,
         updatedAt: view.updatedAt,
       });
+    });
+
+  budget
+    .command('reconcile')
+    .description(
+      'restore the spend counters from the metering events in the audit log (each budget\'s current period; a counter is never lowered), then let budgets bind again: run it after Redis lost its data (budgets fail closed until then)',
+    )
+    .option('--json', 'print JSON')
+    .action(async (options) => {
+      const runtime = rt();
+      const report = await runtime.operation<ReconcileReport>('budget.reconcile', {});
+      if (options.json) return runtime.out.json(report);
+      runtime.out.table(
+        report.lines.map((line) => ({ ...line, limit: formatAmount(line.limitMicros) })),
+        RECONCILE_COLUMNS,
+      );
+      const lines = `${report.lines.length} budget line${report.lines.length === 1 ? '' : 's'}`;
+      runtime.out.line(
+        report.counters === 'redis'
+          ? `reconciled ${lines} on the redis spend counters; budgets bind again`
+          : // In-process counters belong to one process: a running embedded gateway's (through its admin API), else this command's.
+            `reconciled ${lines} on in-process spend counters (a running gateway's through its admin API; a gateway on the embedded default also reconciles its own when it starts)`,
+      );
     });
 
   budget

@@ -24,7 +24,7 @@ const DLQ_COLUMNS = [
 export function registerConsumerCommands(program: Command, rt: () => CliRuntime): void {
   program
     .command('consumers')
-    .description('event consumers (audit-logger, ledger-writer; metrics-aggregator is not built yet)')
+    .description('event consumers (audit-logger, ledger-writer, metrics-aggregator)')
     .command('start')
     .description('start consumers against whatever the config names (`npm start` runs them in the gateway process)')
     .option('--only <role...>', `only these roles: ${CONSUMER_ROLES.join(', ')}`)

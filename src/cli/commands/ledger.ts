@@ -4,7 +4,7 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { CaracalError } from '../../errors/catalog.js';
 import { buildExport, ExportInvalidError, MAX_EXPORT_BYTES, parseExport, serializeExport, verifyExport } from '../../ledger/export.js';
 import { ecdsaVerifierKey, parseVerifierKey, type NoteVerifier } from '../../ledger/note.js';
-import { ledgerSummary, queryLedger, TIME_WINDOWS, type TimeWindow } from '../../ledger/query.js';
+import { ledgerSummary, queryAgentSpend, queryLedger, TIME_WINDOWS, type TimeWindow } from '../../ledger/query.js';
 import { ledgerSigningKeyPath } from '../../ledger/writer.js';
 import { printRecord } from '../output.js';
 import { positiveInt } from '../parse.js';
@@ -69,6 +69,7 @@ export function registerLedgerCommands(program: Command, rt: () => CliRuntime): 
     .option('--end-time <time>', `${TIME_HELP}; default now`)
     .option('--time-window <window>', `instead of a range, the last ${Object.keys(TIME_WINDOWS).join('|')} (ending now)`)
     .option('--limit <n>', 'at most this many', '1000')
+    .option('--spend', "also the agent's proxied calls and their cost in the range (shown anyway when there were any); with --json: {entries, spend}")
     .option('--json', 'print JSON')
     .action(async (options) => {
       let range: { start: Date; end: Date };
@@ -87,13 +88,18 @@ export function registerLedgerCommands(program: Command, rt: () => CliRuntime): 
       const runtime = rt();
       const origin = runtime.config().ledger.origin;
       // The end is inclusive for people ("until now"): the query's range is [start, end + 1 ms).
-      const rows = await runtime.withContext((ctx) => queryLedger(ctx.db, origin, { subject: options.agentId, start: range.start, end: new Date(range.end.getTime() + 1), limit }));
-      if (options.json) return runtime.out.json(rows);
+      const query = { subject: options.agentId, start: range.start, end: new Date(range.end.getTime() + 1) };
+      const { rows, spend } = await runtime.withContext(async (ctx) => ({ rows: await queryLedger(ctx.db, origin, { ...query, limit }), spend: await queryAgentSpend(ctx.db, query) }));
+      if (options.json) return runtime.out.json(options.spend ? { entries: rows, spend } : rows);
       runtime.out.table(
         rows.map((r) => ({ ...r, allow: r.allow === null ? null : r.allow ? 'allow' : 'deny', batch: r.checkpoint ?? 'unsealed' })),
         QUERY_COLUMNS,
       );
       runtime.out.line(`${rows.length} entr${rows.length === 1 ? 'y' : 'ies'}`);
+      if (options.spend || spend.calls > 0) {
+        const amounts = spend.spend.map((s) => `${s.spent} ${s.currency}`).join(', ');
+        runtime.out.line(`${spend.calls} proxied call${spend.calls === 1 ? '' : 's'}${amounts ? `, spent ${amounts}` : ''}`);
+      }
     });
 
   ledger
