@@ -51,6 +51,8 @@ export class RedisCache implements Cache {
       lazyConnect: true,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,
+      // Commands issued in the same tick (concurrent requests' reservations, settlements, cache reads) go out in one write.
+      enableAutoPipelining: true,
       connectTimeout: options.connectTimeoutMs ?? 1_000,
       commandTimeout: options.commandTimeoutMs ?? 2_000,
       // Reconnect forever with a capped delay; commands meanwhile fail fast (no offline queue).

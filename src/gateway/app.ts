@@ -399,7 +399,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         let refused: CaracalError | null;
         try {
           // Held until the request ends; a request that never ends gives it back when it lapses.
-          refused = await reserveCall(deps.spend!, call, decisionId, upstream.timeoutMs + RESERVATION_GRACE_MS);
+          refused = await reserveCall(deps.spend!, call, decisionId, upstream.timeoutMs + RESERVATION_GRACE_MS, llm === null);
         } catch (err) {
           // The counters cannot be reached (or were lost): budgets fail closed.
           await recordDenial(request, resource, action, verified, ['budget_unavailable'], 503);
@@ -435,7 +435,15 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       const cost = costOfCall(meter.pricing, meter.llm, meter.reservationMicros, state.upstreamAnswered, meter.status, reading);
       const decisionId = state.decisionId!;
       if (meter.call) {
-        deps.spend!.settle(decisionId, meter.call.lines, cost.micros).catch((err) => deps.logger.error({ err, decision_id: decisionId }, 'could not settle a budget reservation; it lapses on its own'));
+        const spend = deps.spend!;
+        const lines = meter.call.lines;
+        if (meter.llm === null) {
+          // A fixed price was charged when the call was admitted: given back only if the upstream never answered.
+          const back = meter.call.amountMicros - cost.micros;
+          if (back > 0) spend.refund(lines, back).catch((err) => deps.logger.error({ err, decision_id: decisionId }, 'could not give back the charge of a call that never happened'));
+        } else {
+          spend.settle(decisionId, lines, cost.micros).catch((err) => deps.logger.error({ err, decision_id: decisionId }, 'could not settle a budget reservation; it lapses on its own'));
+        }
       }
       if (!deps.meteringTopic) return;
       const outcome = !state.upstreamAnswered || (meter.status !== null && meter.status >= 400) ? 'failed' : reading && !reading.ended ? (state.clientAborted ? 'aborted' : 'failed') : 'completed';

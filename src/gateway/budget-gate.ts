@@ -140,10 +140,14 @@ export function currencyMismatch(call: PricedCall, decisionId: string): CaracalE
   });
 }
 
-/** Reserves the call's amount on all its lines under the decision id; the refusal to throw, or null when held. */
-export async function reserveCall(spend: SpendCounters, call: PricedCall, decisionId: string, ttlMs: number): Promise<CaracalError | null> {
+/**
+ * Takes the call's amount on all its lines: charged at once when it is what the call will cost (a fixed price: one
+ * step, given back only if the call never happens), else reserved under the decision id until the call is settled.
+ * The refusal to throw, or null when taken.
+ */
+export async function reserveCall(spend: SpendCounters, call: PricedCall, decisionId: string, ttlMs: number, fixedPrice: boolean): Promise<CaracalError | null> {
   const mismatch = currencyMismatch(call, decisionId);
   if (mismatch) return mismatch;
-  const result = await spend.reserve(decisionId, call.lines, call.amountMicros, ttlMs);
+  const result = fixedPrice ? await spend.charge(call.lines, call.amountMicros) : await spend.reserve(decisionId, call.lines, call.amountMicros, ttlMs);
   return result.ok ? null : budgetExceeded(call, result.key, result.remainingMicros, decisionId);
 }

@@ -80,6 +80,37 @@ end
 return {1}
 `;
 
+/** KEYS: the readiness mark, then the lines. ARGV: amount, grace, then limit and period end per line. */
+const CHARGE = `${NOW_AND_SWEEP}
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2} end
+local n = #KEYS - 1
+local amount, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, n do
+  local k = KEYS[i + 1]
+  sweep(k)
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local spent = tonumber(redis.call('GET', k .. ':spent') or '0')
+  local reserved = tonumber(redis.call('GET', k .. ':rsum') or '0')
+  if spent + reserved + amount > limit then return {0, i, spent, reserved} end
+end
+for i = 1, n do
+  local k = KEYS[i + 1]
+  redis.call('INCRBY', k .. ':spent', amount)
+  redis.call('PEXPIREAT', k .. ':spent', tonumber(ARGV[2 + 2 * i]) + grace)
+end
+return {1}
+`;
+
+/** KEYS: the lines. ARGV: amount. */
+const REFUND = `
+for i = 1, #KEYS do
+  local k = KEYS[i] .. ':spent'
+  local spent = tonumber(redis.call('GET', k) or '0')
+  if spent > 0 then redis.call('DECRBY', k, math.min(spent, tonumber(ARGV[1]))) end
+end
+return 1
+`;
+
 /** KEYS: the lines. ARGV: id, actual, grace, then period end per line. */
 const SETTLE = `${NOW_AND_SWEEP}
 local id, actual, grace = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -139,13 +170,31 @@ export class RedisSpendCounters implements SpendCounters {
     const args: (string | number)[] = [reservationId, amountMicros, ttlMs, COUNTER_GRACE_MS];
     for (const line of lines) args.push(line.limitMicros, line.periodEndMs);
     const reply = (await this.redis.evalScript('spend_reserve', RESERVE, [READY_KEY, ...lines.map((line) => line.key)], args)) as number[];
+    if (reply[0] === -1) throw new CaracalError('CARACAL_CONFLICT', `reservation ${reservationId} exists already`);
+    return this.result(lines, reply);
+  }
+
+  /** A reserve or charge script's reply: {1}, {-2} (counters lost) or {0, line, spent, reserved}. */
+  private result(lines: readonly BudgetLine[], reply: number[]): ReserveResult {
     if (reply[0] === 1) return { ok: true };
     if (reply[0] === -2) throw countersLostError();
-    if (reply[0] === -1) throw new CaracalError('CARACAL_CONFLICT', `reservation ${reservationId} exists already`);
     const line = lines[Number(reply[1]) - 1]!;
     const spentMicros = Number(reply[2]);
     const reservedMicros = Number(reply[3]);
     return { ok: false, key: line.key, limitMicros: line.limitMicros, spentMicros, reservedMicros, remainingMicros: Math.max(0, line.limitMicros - spentMicros - reservedMicros) };
+  }
+
+  async charge(lines: readonly BudgetLine[], amountMicros: number): Promise<ReserveResult> {
+    checkReservation('charge', lines, amountMicros);
+    const args: (string | number)[] = [amountMicros, COUNTER_GRACE_MS];
+    for (const line of lines) args.push(line.limitMicros, line.periodEndMs);
+    const reply = (await this.redis.evalScript('spend_charge', CHARGE, [READY_KEY, ...lines.map((line) => line.key)], args)) as number[];
+    return this.result(lines, reply);
+  }
+
+  async refund(lines: readonly BudgetLine[], amountMicros: number): Promise<void> {
+    checkReservation('refund', lines, amountMicros);
+    await this.redis.evalScript('spend_refund', REFUND, lines.map((line) => line.key), [amountMicros]);
   }
 
   async settle(reservationId: string, lines: readonly BudgetLine[], actualMicros: number): Promise<void> {

@@ -54,6 +54,15 @@ export interface SpendCounters {
    * a second settle, or one for an id never reserved, changes nothing.
    */
   settle(reservationId: string, lines: readonly BudgetLine[], actualMicros: number): Promise<void>;
+  /**
+   * For a call whose cost is known before it is sent (a per-request price): if `amountMicros` fits on every line
+   * (spent + reserved + amount ≤ limit), adds it to each line's spend at once — one step where reserve + settle take
+   * two; else takes nothing and names the first line it does not fit under. Nothing is held: a call that then never
+   * reached its upstream is given back with `refund`, and one whose process died stays charged (the safe side).
+   */
+  charge(lines: readonly BudgetLine[], amountMicros: number): Promise<ReserveResult>;
+  /** Takes `amountMicros` back off each line's spend (never below zero): a charged call that never happened. */
+  refund(lines: readonly BudgetLine[], amountMicros: number): Promise<void>;
   usage(key: string): Promise<LineUsage>;
   /**
    * Sets each line's spent to the larger of what it holds and `spentMicros` (with the line's expiry): never lowers a
@@ -185,6 +194,33 @@ export class MemorySpendCounters implements SpendCounters {
       state.nextExpiry = Math.min(state.nextExpiry, expiresAt);
     }
     return { ok: true };
+  }
+
+  async charge(lines: readonly BudgetLine[], amountMicros: number): Promise<ReserveResult> {
+    checkReservation('charge', lines, amountMicros);
+    if (!this.ready) throw countersLostError();
+    const now = this.now();
+    this.sweep(now);
+    const states = lines.map((line) => this.line(line, now));
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i]!;
+      const state = states[i]!;
+      if (state.spent + state.reserved + amountMicros > line.limitMicros) {
+        return { ok: false, key: line.key, limitMicros: line.limitMicros, spentMicros: state.spent, reservedMicros: state.reserved, remainingMicros: Math.max(0, line.limitMicros - state.spent - state.reserved) };
+      }
+    }
+    for (const state of states) state.spent += amountMicros;
+    return { ok: true };
+  }
+
+  async refund(lines: readonly BudgetLine[], amountMicros: number): Promise<void> {
+    checkReservation('refund', lines, amountMicros);
+    const now = this.now();
+    for (const line of lines) {
+      const state = this.lines.get(line.key);
+      if (state) state.spent = Math.max(0, state.spent - amountMicros);
+    }
+    this.sweep(now);
   }
 
   async settle(reservationId: string, lines: readonly BudgetLine[], actualMicros: number): Promise<void> {

@@ -70,6 +70,8 @@ describe.each(['RedisSpendCounters', 'MemorySpendCounters'] as const)('%s readin
     expect(err).toBeInstanceOf(CaracalError);
     expect((err as CaracalError).code).toBe('CARACAL_DEPENDENCY');
     expect((err as CaracalError).message).toMatch(/counters were lost.*caracal budget reconcile/);
+    // A fixed-price charge is refused the same way.
+    await expect(counters.charge([budget], 1)).rejects.toMatchObject({ code: 'CARACAL_DEPENDENCY', message: expect.stringMatching(/caracal budget reconcile/) });
     expect(await counters.usage(budget.key)).toEqual({ spentMicros: 0, reservedMicros: 0 });
     // Settling changes nothing that was never reserved, ready or not.
     await counters.settle(id(), [budget], 5);
@@ -120,6 +122,7 @@ describe.each(['RedisSpendCounters', 'MemorySpendCounters'] as const)('%s readin
     counters = await implementation.lose(counters);
     expect(await counters.isReady()).toBe(false);
     await expect(counters.reserve(id(), [budget], 1, 60_000)).rejects.toMatchObject({ code: 'CARACAL_DEPENDENCY', message: expect.stringMatching(/caracal budget reconcile/) });
+    await expect(counters.charge([budget], 1)).rejects.toMatchObject({ code: 'CARACAL_DEPENDENCY' });
     expect(await counters.usage(budget.key)).toEqual({ spentMicros: 0, reservedMicros: 0 });
 
     await counters.restore([{ line: budget, spentMicros: 250_000 }]);

@@ -166,4 +166,36 @@ describe.each([
     expect(await second.usage(budget.key)).toEqual({ spentMicros: price * allowed, reservedMicros: 0 });
     expect(await first.usage(parent.key)).toEqual({ spentMicros: price * allowed, reservedMicros: 0 });
   }, 60_000);
+
+  it('charges a fixed price in one step on every line or none, counting live reservations, and refunds it', async () => {
+    const [counters] = await implementation.open();
+    const own = line(1_000_000);
+    const parent = line(600_000);
+    const hold = id();
+    expect(await counters.reserve(hold, [parent], 100_000, 60_000)).toEqual({ ok: true });
+    expect(await counters.charge([own, parent], 400_000)).toEqual({ ok: true });
+    expect(await counters.usage(own.key)).toEqual({ spentMicros: 400_000, reservedMicros: 0 });
+    expect(await counters.usage(parent.key)).toEqual({ spentMicros: 400_000, reservedMicros: 100_000 });
+    // 400,000 spent + 100,000 held: 100,001 more does not fit on the parent, and the own line is left alone.
+    expect(await counters.charge([own, parent], 100_001)).toEqual({ ok: false, key: parent.key, limitMicros: 600_000, spentMicros: 400_000, reservedMicros: 100_000, remainingMicros: 100_000 });
+    expect(await counters.usage(own.key)).toEqual({ spentMicros: 400_000, reservedMicros: 0 });
+    // The call never happened: given back, and a refund never takes a line below zero.
+    await counters.refund([own, parent], 400_000);
+    expect(await counters.usage(parent.key)).toEqual({ spentMicros: 0, reservedMicros: 100_000 });
+    await counters.refund([own], 5);
+    expect(await counters.usage(own.key)).toEqual({ spentMicros: 0, reservedMicros: 0 });
+    await expect(counters.charge([own], -1)).rejects.toMatchObject({ code: 'CARACAL_VALIDATION' });
+    await expect(counters.charge([own], Number.NaN)).rejects.toMatchObject({ code: 'CARACAL_VALIDATION' });
+    await expect(counters.refund([], 1)).rejects.toMatchObject({ code: 'CARACAL_VALIDATION' });
+  });
+
+  it('lets exactly N of 1,000 concurrent fixed-price charges through a budget for N, from two handles at once', async () => {
+    const [first, second] = await implementation.open();
+    const price = 1_000;
+    const allowed = 211;
+    const budget = line(price * allowed);
+    const results = await Promise.all(Array.from({ length: 1_000 }, async (_, i) => (await (i % 2 === 0 ? first : second).charge([budget], price)).ok));
+    expect(results.filter(Boolean)).toHaveLength(allowed);
+    expect(await first.usage(budget.key)).toEqual({ spentMicros: price * allowed, reservedMicros: 0 });
+  }, 60_000);
 });
