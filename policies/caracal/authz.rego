@@ -25,6 +25,7 @@ allow if {
 	mandate_valid
 	not emergency_stopped
 	allowlist_matched
+	count(extension_reasons) == 0
 }
 
 # Reasons: stable, machine-readable, sorted, without duplicates; empty on allow.
@@ -137,15 +138,129 @@ allowing_policy_ids contains p.id if {
 	action_matches(action, input.request.action)
 }
 
+# (No allowing policy: an MCP session is granted without its resource matching, see below.)
 deny_reasons contains "scope_resource" if {
 	request_valid
 	count(granting_policies) > 0
 	count(resource_policies) == 0
+	count(allowing_policy_ids) == 0
 }
 
 deny_reasons contains "scope_action" if {
 	count(resource_policies) > 0
 	count(allowing_policy_ids) == 0
+}
+
+# ---------------------------------------------------------------------------------------------
+# MCP sessions. The gateway decides every JSON-RPC message to an MCP upstream `<server>`; the
+# session messages (initialize, ping, notifications, the list requests themselves) come as
+# resource "mcp:<server>" with action "session". A session is granted by any grant on that
+# server: a granting policy (with at least one action, whichever) with a resource pattern that
+# *reaches* the server, i.e. can match some resource under "mcp:<server>/" — and, under a mandate,
+# a mandate resource pattern that reaches it too (and at least one mandate action). Each tool
+# call, resource read and prompt is still decided on its own. A grant that matches "mcp:<server>"
+# itself (e.g. "mcp:<server>" or "mcp:*" with action "session" or "*") grants a session through
+# the ordinary rules above, as before.
+
+# The session resource "mcp:<server>" (a non-empty server name without "/"); undefined otherwise.
+session_resource := r if {
+	request_valid
+	input.request.action == "session"
+	r := input.request.resource
+	startswith(r, "mcp:")
+	count(r) > 4
+	not contains(r, "/")
+}
+
+allowing_policy_ids contains p.id if {
+	server := session_resource
+	mandate_reaches_server(server)
+	some p in granting_policies
+	has_string_action(p.actions)
+	some pattern in p.resources
+	pattern_reaches_server(pattern, server)
+}
+
+mandate_reaches_server(_) if not has_mandate
+
+mandate_reaches_server(server) if {
+	has_mandate
+	has_string_action(input.mandate.actions)
+	some pattern in input.mandate.resources
+	pattern_reaches_server(pattern, server)
+}
+
+has_string_action(actions) if {
+	some action in actions
+	is_string(action)
+}
+
+# Can `pattern` match some resource under "<server>/" (server = "mcp:<name>", no "/")? Exact for
+# the forms resource_matches takes with string builtins; for other globs it is sound (it never
+# says yes for a pattern that matches nothing under the server) but may say no for exotic ones.
+#
+# Exact, "prefix/*" and "prefix/**" patterns reach the server iff they start with "<server>/"
+# (the server name has no "/", so no shorter literal prefix ending in "/" can reach it).
+pattern_reaches_server(pattern, server) if {
+	is_string(pattern)
+	fast_form(pattern)
+	startswith(pattern, concat("", [server, "/"]))
+}
+
+# Other (valid) globs: the first segment matches "mcp:<name>" and something follows the "/"
+# ("mcp:*/read_file", "mcp:git*/**", "*/**"). `*` and `?` stay within a segment, so "mcp:*" and
+# "*" match "mcp:<name>" itself but nothing under it: they do not reach.
+pattern_reaches_server(pattern, server) if {
+	is_string(pattern)
+	not fast_form(pattern)
+	valid_glob(pattern)
+	contains(pattern, "/")
+	glob.match(split(pattern, "/")[0], ["/"], server)
+}
+
+# ... or a `**` crosses into the server ("**", "mcp:**", "mcp:git**x"): the part before the
+# first `**` matches a prefix of "mcp:<name>", the `**` the rest of it, the "/" and more. (Not
+# when that part has a backslash: in `mcp:a\**x` the first star is a literal.)
+pattern_reaches_server(pattern, server) if {
+	is_string(pattern)
+	not fast_form(pattern)
+	valid_glob(pattern)
+	i := indexof(pattern, "**")
+	i >= 0
+	before := substring(pattern, 0, i)
+	not contains(before, "\\")
+	glob.match(concat("", [before, "**"]), ["/"], server)
+}
+
+# glob.match is undefined for an invalid pattern (which matches nothing).
+valid_glob(pattern) if is_boolean(glob.match(pattern, ["/"], ""))
+
+# ---------------------------------------------------------------------------------------------
+# Extension point: other modules of package caracal.authz (e.g. policies/examples/code-hosting)
+# add deny reasons to the partial set `extra_deny_reasons`. Any member denies the request and is
+# reported in `reasons`. It is read through data so that this module compiles and decides alone
+# when no module contributes (an undefined set is empty). A member that is not a string, or an
+# `extra_deny_reasons` that is not a set, denies with "policy_extension_invalid".
+# Contributions must not depend on allow, reasons, policy_ids, decision or deny_reasons (that
+# would be a recursion, a compile error).
+
+extension_reasons contains reason if {
+	some reason in data.caracal.authz.extra_deny_reasons
+	is_string(reason)
+}
+
+extension_reasons contains "policy_extension_invalid" if {
+	some reason in data.caracal.authz.extra_deny_reasons
+	not is_string(reason)
+}
+
+extension_reasons contains "policy_extension_invalid" if {
+	extra := data.caracal.authz.extra_deny_reasons
+	not is_set(extra)
+}
+
+deny_reasons contains reason if {
+	some reason in extension_reasons
 }
 
 # ---------------------------------------------------------------------------------------------

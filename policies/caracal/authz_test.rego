@@ -401,3 +401,148 @@ test_reason_allowlist_no_match if {
 test_missing_allowlist_facts_deny if {
 	decide(object.remove(mk_input(active, [ext_read], read_echo), ["allowlist"])).reasons == ["allowlist_no_match"]
 }
+
+# --- MCP sessions: any grant on the server ---------------------------------------------------------
+
+mcp_session(server) := {"upstream": server, "resource": concat("", ["mcp:", server]), "action": "session", "mcp_method": "initialize"}
+
+grant(id, resources, actions) := {"id": id, "resources": resources, "actions": actions}
+
+session_decision(resources, actions) := decide(mk_input(active, [grant("p-mcp", resources, actions)], mcp_session("github")))
+
+test_session_allowed_by_a_grant_on_the_server if {
+	session_decision(["mcp:github/*"], ["call"]) == {"allow": true, "reasons": [], "policy_ids": ["p-mcp"]}
+	session_decision(["mcp:github/read_file"], ["call"]).allow
+	session_decision(["mcp:github/**"], ["read"]).allow
+	session_decision(["mcp:github/resource/*"], ["read"]).allow
+}
+
+test_session_allowed_by_globs_that_reach_the_server if {
+	every pattern in ["**", "mcp:**", "mcp:*/**", "mcp:*/read_file", "mcp:git*/*", "mcp:{github,gitlab}/*", "*/**", "mcp:gith**x", "mcp:github*/*", "mcp:github/{a,b}"] {
+		session_decision([pattern], ["call"]).allow
+	}
+}
+
+test_session_denied_without_a_grant_on_the_server if {
+	every pattern in ["mcp:githubx/*", "mcp:githubx/**", "mcp:git/*", "api:external/*", "mcp:gitlab/**", "mcp:github/[", "mcp:{gitlab,x}/*", "mcp:g\\**/x"] {
+		session_decision([pattern], ["call"]).reasons == ["scope_resource"]
+	}
+}
+
+# "mcp:*", "*" and "mcp:github" match the session resource itself but nothing under it: only an
+# action "session" (or "*") grants the session, through the ordinary rules.
+test_session_patterns_matching_only_the_server_itself if {
+	session_decision(["mcp:*"], ["call"]).reasons == ["scope_action"]
+	session_decision(["*"], ["call"]).reasons == ["scope_action"]
+	session_decision(["mcp:github"], ["call"]).reasons == ["scope_action"]
+	session_decision(["mcp:github"], ["session"]).allow
+	session_decision(["mcp:*"], ["*"]).allow
+}
+
+test_session_needs_a_policy_with_some_action if {
+	session_decision(["mcp:github/*"], []).reasons == ["scope_resource"]
+	session_decision(["mcp:github/*"], [7]).reasons == ["scope_resource"]
+}
+
+test_session_reports_every_policy_reaching_the_server if {
+	policies := [
+		grant("p-z", ["mcp:github/read_file"], ["call"]),
+		grant("p-a", ["mcp:**"], ["call"]),
+		grant("p-other", ["mcp:gitlab/*"], ["call"]),
+		grant("p-ext", ["api:external/*"], ["*"]),
+	]
+	decide(mk_input(active, policies, mcp_session("github"))).policy_ids == ["p-a", "p-z"]
+}
+
+test_session_keeps_the_other_conditions if {
+	policies := [grant("p-mcp", ["mcp:github/*"], ["call"])]
+	decide(mk_input(suspended, policies, mcp_session("github"))).reasons == ["principal_suspended"]
+	stopped := object.union(mk_input(active, policies, mcp_session("github")), {"emergency": {"global": true, "principal": false}})
+	decide(stopped).reasons == ["emergency_stop"]
+	unlisted := object.union(mk_input(active, policies, mcp_session("github")), {"allowlist": not_allowlisted})
+	decide(unlisted).reasons == ["allowlist_no_match"]
+}
+
+# Only "mcp:<server>" with action "session" is a session; everything else is judged as before.
+test_session_rule_applies_to_session_resources_only if {
+	policies := [grant("p-mcp", ["mcp:github/*"], ["call"])]
+	decide(mk_input(active, policies, req("mcp:github/x", "session"))).reasons == ["scope_action"]
+	decide(mk_input(active, policies, req("mcp:github", "call"))).reasons == ["scope_resource"]
+	decide(mk_input(active, [grant("p-all", ["**"], ["call"])], req("mcp:", "session"))).reasons == ["scope_action"]
+	decide(mk_input(active, [ext_read], req("api:external/echo", "session"))).reasons == ["scope_action"]
+}
+
+mcp_root := grant("p-root", ["mcp:github/*"], ["call"])
+
+session_under(m) := object.union(mk_input(active, [mcp_root], mcp_session("github")), {"mandate": m})
+
+test_session_under_a_mandate_that_reaches_the_server if {
+	m := mandate({"resources": ["mcp:github/read_file"], "actions": ["call"]})
+	decide(session_under(m)) == {"allow": true, "reasons": [], "policy_ids": ["p-root"]}
+}
+
+test_session_under_a_mandate_elsewhere_is_denied if {
+	decide(session_under(mandate({"resources": ["mcp:gitlab/*"], "actions": ["call"]}))).reasons == ["scope_resource"]
+	decide(session_under(mandate({"resources": ["mcp:github/*"], "actions": []}))).reasons == ["scope_resource"]
+	decide(session_under(mandate({"resources": ["api:external/echo"], "actions": ["read"]}))).reasons == ["scope_resource"]
+}
+
+test_session_under_an_invalid_mandate_is_denied if {
+	m := mandate({"resources": ["mcp:github/*"], "actions": ["call"], "expires_at": 1767225600})
+	decide(session_under(m)).reasons == ["mandate_expired"]
+}
+
+# pattern_reaches_server against glob.match: a pattern reaches the server iff it matches one of
+# these resources under it (for these patterns; for exotic globs the rule may only say no).
+reach_probes := [
+	"mcp:github/x", "mcp:github/read_file", "mcp:github/", "mcp:github/a/b", "mcp:github/resource/file:///x",
+	"mcp:github/x/read_file", "mcp:github/a", "mcp:github/x/y/z",
+]
+
+reach_patterns := [
+	"mcp:github/*", "mcp:github/**", "mcp:github/read_file", "mcp:github/", "mcp:github", "mcp:githubx/*",
+	"mcp:*", "*", "**", "mcp:**", "mcp:*/**", "mcp:*/read_file", "*/**", "*/*", "mcp:git*/*", "mcp:gith**x",
+	"mcp:{github,gitlab}/*", "mcp:{gitlab,x}/*", "mcp:github/[", "mcp:git?ub/*", "mcp:[a-h]ithub/*",
+	"api:external/*", "mcp:github/**/read_file", "mcp:g\\**/x", "mcp:github*/*", 7,
+]
+
+reaches(p) if authz.pattern_reaches_server(p, "mcp:github")
+
+reaches(p) := false if not authz.pattern_reaches_server(p, "mcp:github")
+
+test_reaches_agrees_with_glob_match_on_probes if {
+	disagreements := [p |
+		some p in reach_patterns
+		by_probe := count([r | some r in reach_probes; matches(p, r)]) > 0
+		reaches(p) != by_probe
+	]
+	disagreements == []
+}
+
+# --- the extension point: extra_deny_reasons from other modules -----------------------------------
+
+allowed_input := mk_input(active, [ext_read], read_echo)
+
+test_extension_reason_denies_and_is_reported if {
+	d := decide(allowed_input) with data.caracal.authz.extra_deny_reasons as {"team_rule"}
+	d == {"allow": false, "reasons": ["team_rule"], "policy_ids": []}
+}
+
+test_extension_empty_set_allows if {
+	d := decide(allowed_input) with data.caracal.authz.extra_deny_reasons as set()
+	d == {"allow": true, "reasons": [], "policy_ids": ["p-ext"]}
+}
+
+test_extension_reasons_join_the_core_reasons_sorted if {
+	d := decide(mk_input(suspended, [ext_read], read_echo)) with data.caracal.authz.extra_deny_reasons as {"b_rule", "a_rule"}
+	d.reasons == ["a_rule", "b_rule", "principal_suspended"]
+}
+
+test_extension_malformed_contributions_deny if {
+	d1 := decide(allowed_input) with data.caracal.authz.extra_deny_reasons as {7}
+	d1.reasons == ["policy_extension_invalid"]
+	d2 := decide(allowed_input) with data.caracal.authz.extra_deny_reasons as "team_rule"
+	d2.reasons == ["policy_extension_invalid"]
+	d3 := decide(allowed_input) with data.caracal.authz.extra_deny_reasons as ["team_rule"]
+	d3.reasons == ["policy_extension_invalid", "team_rule"]
+}

@@ -26,7 +26,7 @@ export const DECISION_ENTRYPOINT = 'caracal/authz/decision';
  * Names `opa build` skips while loading the policies folder (matched against base names):
  * tests, decision fixtures, docs, and data/hidden files, so that only Rego is bundled.
  */
-export const BUILD_IGNORE: readonly string[] = ['*_test.rego', 'fixtures', '*.md', '*.json', '*.yaml', '*.yml', '.*'];
+export const BUILD_IGNORE: readonly string[] = ['*_test.rego', 'fixtures', 'examples', '*.md', '*.json', '*.yaml', '*.yml', '.*'];
 
 /** Caps for reading a bundle: compressed file, uncompressed tar, number of members. */
 export const MAX_BUNDLE_FILE_BYTES = 64 * 1024 * 1024;
