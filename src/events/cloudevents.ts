@@ -23,6 +23,15 @@ export const DecisionDataSchema = z
     path: z.string(),
     /** The one upstream URL that was judged and (on an allow) sent; null when refused before it was built. */
     upstream_url: z.string().nullable().optional(),
+    /** On decisions of MCP messages: the JSON-RPC method, the tool/prompt/resource named, a digest of the arguments. */
+    mcp: z
+      .object({
+        method: z.string().min(1).max(256),
+        name: z.string().max(2048).optional(),
+        argument_digest: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+      })
+      .strict()
+      .optional(),
     resource: z.string().nullable(),
     action: z.string().nullable(),
     allow: z.boolean(),
@@ -188,18 +197,19 @@ export function buildDecisionEvent(source: string, data: DecisionData, now: Date
   // Optional in the schema: absent, not undefined, as the schema's own output has it (never on the
   // gateway's path, which always knows the URL or that there is none).
   if (checked.upstream_url === undefined) delete checked.upstream_url;
-  const bad = decisionDataProblem(checked);
-  // The schema's own message, so a refusal reads the same whichever builder found it.
-  if (bad !== null) DecisionDataSchema.parse(checked);
+  if (data.mcp !== undefined) checked.mcp = data.mcp;
+  // What the hand check doubts goes through the schema: it throws with its own message (so a refusal reads the same
+  // whichever builder found it), or passes and its output (in the schema's key order) is the data.
+  const result = decisionDataProblem(checked) === null ? checked : DecisionDataSchema.parse(checked);
   return {
     specversion: '1.0',
     id: newId(),
     type: EVENT_TYPES.decision,
     source,
     time: now.toISOString(),
-    ...(checked.principal_id !== null ? { subject: checked.principal_id } : {}),
+    ...(result.principal_id !== null ? { subject: result.principal_id } : {}),
     datacontenttype: 'application/json',
-    data: checked,
+    data: result,
   };
 }
 
@@ -219,6 +229,8 @@ function decisionDataProblem(data: DecisionData): string | null {
   if (!isText(data.method)) return 'method';
   if (!isText(data.path)) return 'path';
   if (data.upstream_url !== undefined && !isTextOrNull(data.upstream_url)) return 'upstream_url';
+  // Rare (MCP decisions only): the schema checks it.
+  if (data.mcp !== undefined) return 'mcp';
   if (typeof data.allow !== 'boolean') return 'allow';
   if (!isTextList(data.reasons)) return 'reasons';
   if (!isTextList(data.policy_ids)) return 'policy_ids';

@@ -32,6 +32,7 @@ import { registerLedgerRoutes } from './ledger-routes.js';
 import type { Queryable } from '../store/db.js';
 import type { SpendCounters } from '../metering/spend-counters.js';
 import { pricedCall, reserveCall, unboundedCall, type PricedCall } from './budget-gate.js';
+import { registerMcpRoutes } from './mcp-route.js';
 import { buildMeteringEvent } from '../events/cloudevents.js';
 import { costOfCall, llmEndpointOf, llmReservation, readBody, readLlmRequest, responseTap, type LlmRequestFacts, type ResponseTap } from './metering.js';
 import type { Pricing } from '../metering/pricing.js';
@@ -494,7 +495,11 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
     return secrets;
   }
 
+  // MCP servers are reached at /mcp/<server>, decided message by message (mcp-route.ts); never at /proxy, where a
+  // whole POST would be judged as one write and a policy could not tell read_file from delete_repo.
+  await registerMcpRoutes(app, { deps, principalLimiter, sourceLimiter, isClosing: () => closing });
   for (const upstream of config.gateway.upstreams) {
+    if (upstream.dialect === 'mcp') continue;
     const base = new URL(upstream.url);
     const credentialValue = upstream.credentials ? process.env[upstream.credentials.valueEnv] : undefined;
     const credential = upstream.credentials && credentialValue ? { header: upstream.credentials.header.toLowerCase(), value: `${upstream.credentials.prefix}${credentialValue}` } : null;
@@ -555,7 +560,9 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
     const upstreamRoute = /^\/proxy\/([^/?]*)/.exec(request.url);
     const upstream = upstreamRoute ? upstreamByName.get(upstreamRoute[1]!) : undefined;
     let error: CaracalError;
-    if (upstream) {
+    if (upstream?.dialect === 'mcp') {
+      error = new CaracalError('CARACAL_ROUTE_NOT_FOUND', `upstream "${upstream.name}" speaks MCP: its endpoint is /mcp/${upstream.name}`);
+    } else if (upstream) {
       request.caracal.dialect = upstream.dialect;
       reply.header('allow', upstreamMethods(upstream).join(', '));
       error = new CaracalError('CARACAL_METHOD_NOT_ALLOWED', `${request.method} is not mapped to an action for upstream "${upstream.name}"`);

@@ -1,3 +1,4 @@
+import { splitBytes } from '../helpers/chunks.js';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { costOf, PricingSchema, reservationFor } from '../../src/metering/pricing.js';
@@ -19,18 +20,7 @@ async function tap(options: SseUsageTapOptions, chunks: Buffer[]) {
 
 const sse = (...events: unknown[]) => events.map((e) => (typeof e === 'string' ? `data: ${e}\n\n` : `data: ${JSON.stringify(e)}\n\n`)).join('');
 
-/** Splits `text`'s UTF-8 bytes at the given offsets (mid-character splits included). */
-function split(text: string, cuts: number[]): Buffer[] {
-  const bytes = Buffer.from(text, 'utf8');
-  const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
-  const parts: Buffer[] = [];
-  let at = 0;
-  for (const p of [...points, bytes.length]) {
-    if (p > at) parts.push(bytes.subarray(at, p));
-    at = Math.max(at, p);
-  }
-  return parts;
-}
+const split = splitBytes;
 
 const OPENAI_CHAT_STREAM = sse(
   { id: 'c1', object: 'chat.completion.chunk', model: 'gpt-4o-mini', choices: [{ index: 0, delta: { content: 'Héllo ' } }] },

@@ -1,0 +1,230 @@
+// The MCP gateway end to end: the official MCP SDK client, pointed at /mcp/<server>, talks to an official-SDK server
+// (stateful: a session, the GET stream, notifications) through the gateway, whose bundle is the core policy plus the
+// code-hosting example rule set (policies/examples/code-hosting). Each message is decided on its own: the tool list
+// shows only what the caller may call, read_file works under /public/ only, delete_repo gets a JSON-RPC error with
+// the reason, and nothing that was not decided reaches the server.
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { LoggingMessageNotificationSchema, ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+import { randomBytes } from 'node:crypto';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { POLICIES_DIR } from '../../src/paths.js';
+import { buildBundle } from '../../src/policy/bundle.js';
+import type { DecisionData } from '../../src/events/cloudevents.js';
+import { createHarness, readDecisions, type Harness } from '../helpers/gateway-harness.js';
+import { startMcpServer, type TestMcpServer } from '../helpers/mcp-server.js';
+import { requireServices } from '../helpers/services.js';
+
+const KEY_ENV = 'TEST_MCP_UPSTREAM_KEY';
+const upstreamKey = `mcp-upstream-${randomBytes(8).toString('hex')}`;
+let tmp: string;
+let server: TestMcpServer;
+let h: Harness;
+let gatewayUrl: string;
+let agentId: string;
+let token: string;
+const savedKey = process.env[KEY_ENV];
+const clients: Client[] = [];
+
+beforeAll(async () => {
+  process.env[KEY_ENV] = upstreamKey;
+  tmp = await mkdtemp(path.join(os.tmpdir(), 'caracal-mcp-e2e-'));
+  // A team's bundle: the core policy and the code-hosting rule set, one folder (policies/examples/code-hosting/README.md).
+  const team = path.join(tmp, 'policies');
+  await cp(path.join(POLICIES_DIR, 'caracal'), path.join(team, 'caracal'), { recursive: true });
+  await cp(path.join(POLICIES_DIR, 'examples', 'code-hosting'), path.join(team, 'code-hosting'), { recursive: true });
+  const bundle = await buildBundle({ opaBin: requireServices().opaBin, policiesDir: team, outFile: path.join(tmp, 'bundle.tar.gz'), revision: 'mcp-e2e' });
+  server = await startMcpServer({ requireAuthorization: upstreamKey, keepAliveMs: 0 });
+  h = await createHarness({
+    configOverrides: { policy: { bundlePath: bundle.outFile } },
+    extraUpstreams: [{ name: 'code', url: server.url, dialect: 'mcp', credentials: { header: 'authorization', valueEnv: KEY_ENV, prefix: 'Bearer ' } }],
+  });
+  await h.assembled.gateway.app.listen({ host: '127.0.0.1', port: 0 });
+  gatewayUrl = `http://127.0.0.1:${(h.assembled.gateway.app.server.address() as AddressInfo).port}`;
+  agentId = await registerCoder();
+  token = await h.token(agentId);
+}, 120_000);
+
+afterAll(async () => {
+  for (const client of clients) await client.close().catch(() => {});
+  await h?.close();
+  await server?.close();
+  if (tmp) await rm(tmp, { recursive: true, force: true });
+  if (savedKey === undefined) delete process.env[KEY_ENV];
+  else process.env[KEY_ENV] = savedKey;
+});
+
+async function registerCoder(): Promise<string> {
+  const id = await h.registerAgent();
+  await h.op('policy.create', { principalId: id, resources: ['mcp:code/*'], actions: ['call', 'read', 'get'], maxValiditySeconds: 3600 });
+  await h.op('allowlist.create', { principalId: id, pattern: `${server.origin}/**`, patternType: 'glob' });
+  return id;
+}
+
+async function connect(bearer = token): Promise<{ client: Client; transport: StreamableHTTPClientTransport }> {
+  const client = new Client({ name: 'caracal-e2e', version: '1.0.0' });
+  const transport = new StreamableHTTPClientTransport(new URL(`${gatewayUrl}/mcp/code`), { requestInit: { headers: { authorization: `Bearer ${bearer}` } } });
+  await client.connect(transport);
+  clients.push(client);
+  return { client, transport };
+}
+
+async function rejection(call: Promise<unknown>): Promise<Error & { code?: number; data?: unknown }> {
+  try {
+    await call;
+  } catch (err) {
+    return err as Error & { code?: number; data?: unknown };
+  }
+  throw new Error('the call succeeded but was expected to fail');
+}
+
+describe('the MCP gateway with the official SDK client and server', () => {
+  it('lists only the tools the caller may call, runs read_file, and answers delete_repo with a JSON-RPC error', async () => {
+    const { client, transport } = await connect();
+    expect(transport.sessionId).toMatch(/.+/);
+    expect(server.sessions).toContain(transport.sessionId);
+
+    const { tools } = await client.listTools();
+    // Read tools only: writes need a mandate, delete_repo is forbidden, unknown tools are denied.
+    expect(tools.map((t) => t.name).sort()).toEqual(['read_file', 'search_code']);
+
+    const ok = await client.callTool({ name: 'read_file', arguments: { path: '/public/readme.md' } });
+    expect(ok.content).toEqual([{ type: 'text', text: 'contents of /public/readme.md' }]);
+
+    const before = server.toolCalls.length;
+    const forbidden = await rejection(client.callTool({ name: 'delete_repo', arguments: { repo: 'acme/widgets' } }));
+    expect(forbidden.message).toMatch(/denied by policy: mcp_tool_forbidden/);
+    expect(forbidden.code).toBe(-32003);
+    expect((forbidden.data as { caracal: { reasons: string[]; decision_id: string; request_id: string } }).caracal).toMatchObject({ reasons: ['mcp_tool_forbidden'], decision_id: expect.any(String), request_id: expect.any(String) });
+
+    // Allowed and denied by argument value.
+    const outside = await rejection(client.callTool({ name: 'read_file', arguments: { path: '/private/keys' } }));
+    expect(outside.message).toMatch(/mcp_argument_not_allowed/);
+    const sneaky = await rejection(client.callTool({ name: 'read_file', arguments: { path: '/public/../private/keys' } }));
+    expect(sneaky.message).toMatch(/mcp_argument_not_allowed/);
+    const write = await rejection(client.callTool({ name: 'write_file', arguments: { path: '/public/x', content: 'y' } }));
+    expect(write.message).toMatch(/mcp_write_requires_mandate/);
+    // None of the refused calls reached the server.
+    expect(server.toolCalls.slice(before)).toEqual([]);
+    // The upstream saw its own credential, never the agent's token.
+    for (const request of server.requests) {
+      expect(request.headers.authorization).toBe(`Bearer ${upstreamKey}`);
+      expect(JSON.stringify(request.headers)).not.toContain(token);
+    }
+
+    // One decision event per decided message: the tool, never the argument values.
+    const decisions = await readDecisions(await h.ctx.events(), h.ctx.topics.decisions, (all) => all.some((d) => (d as DecisionData).mcp?.name === 'delete_repo'));
+    const deleteDecision = decisions.find((d) => (d as DecisionData).mcp?.name === 'delete_repo') as DecisionData;
+    expect(deleteDecision).toMatchObject({ allow: false, resource: 'mcp:code/delete_repo', action: 'call', reasons: ['mcp_tool_forbidden'], principal_id: agentId });
+    expect(deleteDecision.mcp).toMatchObject({ method: 'tools/call', name: 'delete_repo', argument_digest: expect.stringMatching(/^[0-9a-f]{64}$/) });
+    expect(JSON.stringify(decisions)).not.toContain('acme/widgets');
+  }, 60_000);
+
+  it('passes the GET stream and notifications through as they are sent, and tools/list_changed', async () => {
+    const { client, transport } = await connect();
+    const received: { data: unknown; at: number }[] = [];
+    client.setNotificationHandler(LoggingMessageNotificationSchema, (notification) => {
+      received.push({ data: notification.params.data, at: Date.now() });
+    });
+    let listChanged = 0;
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+      listChanged++;
+    });
+    await server.waitForStandaloneStream(transport.sessionId);
+    const sends: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      sends.push((await server.notifyAll(`push ${i}`, transport.sessionId)).sentAt);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    const deadline = Date.now() + 5_000;
+    while (received.length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(received.map((r) => r.data)).toEqual(['push 0', 'push 1', 'push 2']);
+    // Each arrives on its own, long before the next is sent (not held back until the stream ends).
+    received.forEach((r, i) => expect(r.at - sends[i]!).toBeLessThan(250));
+
+    server.announceToolsChanged(true);
+    while (listChanged === 0 && Date.now() < deadline + 5_000) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(listChanged).toBeGreaterThan(0);
+    server.announceToolsChanged(false);
+  }, 60_000);
+
+  it('ends a session with DELETE, and keeps a session to the principal that opened it', async () => {
+    const { transport } = await connect();
+    const sessionId = transport.sessionId!;
+    const other = await h.token(await registerCoder());
+    const hijack = await fetch(`${gatewayUrl}/mcp/code`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${other}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-session-id': sessionId, 'mcp-protocol-version': '2025-11-25' },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'read_file', arguments: { path: '/public/a' } } }),
+    });
+    expect(hijack.status).toBe(404);
+    await transport.terminateSession();
+    expect(server.sessions).not.toContain(sessionId);
+    const after = await fetch(`${gatewayUrl}/mcp/code`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-session-id': sessionId },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }),
+    });
+    expect(after.status).toBe(404);
+  }, 60_000);
+});
+
+describe('hostile MCP input', () => {
+  const post = (body: string, headers: Record<string, string> = {}) =>
+    fetch(`${gatewayUrl}/mcp/code`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...headers }, body });
+
+  it('answers malformed JSON-RPC, huge bodies and bad tool names with clear errors, proxying nothing undecided', async () => {
+    const before = server.requests.length;
+    const broken = await post('{"jsonrpc":"2.0","id":1,"method":');
+    expect(broken.status).toBe(400);
+    expect(await broken.json()).toMatchObject({ jsonrpc: '2.0', id: null, error: { code: -32700 } });
+    // A message with a usable id is answered for that id (not a whole-body refusal).
+    const wrong = await post(JSON.stringify({ jsonrpc: '1.0', id: 1, method: 'ping' }));
+    expect(wrong.status).toBe(200);
+    expect((await wrong.json()) as object).toMatchObject({ jsonrpc: '2.0', id: 1, error: { code: -32600 } });
+    const huge = await post(JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'read_file', arguments: { path: 'x'.repeat(5 << 20) } } }));
+    expect(huge.status).toBe(413);
+    for (const name of ['../etc/passwd', 'read%2ffile', 'rеad_file' /* Cyrillic е */, 'read_file\u200d', 'ａ']) {
+      const response = await post(JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/call', params: { name, arguments: {} } }));
+      expect(response.status).toBe(200);
+      expect(((await response.json()) as { error: { code: number } }).error.code).toBe(-32602);
+    }
+    expect(server.requests.length).toBe(before);
+  });
+
+  it('in a batch (protocol 2025-03-26), answers each message on its own: allowed ones go up, denied ones get their error', async () => {
+    const { transport } = await connect();
+    const headers = { 'mcp-session-id': transport.sessionId!, 'mcp-protocol-version': '2025-03-26' };
+    const before = server.toolCalls.length;
+    const batch = [
+      { jsonrpc: '2.0', id: 'a', method: 'tools/call', params: { name: 'read_file', arguments: { path: '/public/one' } } },
+      { jsonrpc: '2.0', id: 'b', method: 'tools/call', params: { name: 'delete_repo', arguments: { repo: 'x/y' } } },
+      { jsonrpc: '2.0', id: 'c', method: 'tools/call', params: { name: 'read_file', arguments: { path: '/etc/shadow' } } },
+    ];
+    const response = await post(JSON.stringify(batch), headers);
+    expect(response.status).toBe(200);
+    const text = await response.text();
+    const answers = (response.headers.get('content-type')!.startsWith('text/event-stream')
+      ? text.split('\n').filter((l) => l.startsWith('data: ')).flatMap((l) => [JSON.parse(l.slice(6)) as unknown].flat())
+      : [JSON.parse(text) as unknown].flat()) as { id: string; result?: unknown; error?: { code: number; message: string } }[];
+    const byId = new Map(answers.map((a) => [a.id, a]));
+    expect(byId.get('a')?.result).toBeDefined();
+    expect(byId.get('b')?.error).toMatchObject({ code: -32003, message: expect.stringContaining('mcp_tool_forbidden') });
+    expect(byId.get('c')?.error).toMatchObject({ code: -32003, message: expect.stringContaining('mcp_argument_not_allowed') });
+    expect(server.toolCalls.slice(before).map((c) => c.name)).toEqual(['read_file']);
+    // Colliding ids in one batch are refused as a whole.
+    const collide = await post(JSON.stringify([batch[0], { ...batch[0], params: { name: 'delete_repo', arguments: {} } }]), headers);
+    expect(collide.status).toBe(400);
+    expect(server.toolCalls.slice(before)).toHaveLength(1);
+  }, 60_000);
+
+  it('does not reach an MCP server through /proxy, where a POST would be judged as a whole', async () => {
+    const response = await fetch(`${gatewayUrl}/proxy/code/mcp`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{}' });
+    expect(response.status).toBe(404);
+    expect(((await response.json()) as { message: string }).message).toContain('/mcp/code');
+  });
+});
