@@ -19,7 +19,8 @@ import { PassThrough, Readable } from 'node:stream';
 import { Pool } from 'undici';
 import type { UpstreamConfig } from '../config/schema.js';
 import { CaracalError } from '../errors/catalog.js';
-import { buildDecisionEvent, type DecisionData } from '../events/cloudevents.js';
+import { buildDecisionEvent, buildMeteringEvent, type DecisionData } from '../events/cloudevents.js';
+import { pricedCall, reserveCall, type PricedCall } from './budget-gate.js';
 import type { VerifiedToken } from '../authority/tokens/tokens.js';
 import { TokenRejected } from '../authority/tokens/tokens.js';
 import type { Decision, DecisionInput, RequestFact } from '../policy/engine.js';
@@ -82,7 +83,12 @@ interface Judged {
   decisionId: string;
   allow: boolean;
   reasons: string[];
+  /** A priced tool call: its price, and the budget lines it was charged on (null: no budget binds it). */
+  price?: { micros: number; call: PricedCall | null };
 }
+
+/** A budget reservation outlives the upstream's timeout by this much (as on /proxy). */
+const RESERVATION_GRACE_MS = 60_000;
 
 export async function registerMcpRoutes(app: FastifyInstance, route: McpRouteDeps): Promise<void> {
   for (const upstream of route.deps.config.gateway.upstreams) {
@@ -177,7 +183,14 @@ class McpServerRoute {
       }
       judged.push(this.decide(base, entry.message));
     }
-    await this.record(request, caller, judged);
+    for (const j of judged) if (j.allow && j.action.kind === 'tool') await this.charge(request, caller, j);
+    try {
+      await this.record(request, caller, judged);
+    } catch (err) {
+      this.refundAll(judged);
+      throw err;
+    }
+    this.meterOnClose(request, reply, caller, judged);
     if (judged.length > 0) {
       state.decisionId = judged[0]!.decisionId;
       reply.header('x-caracal-decision-id', judged.map((j) => j.decisionId).join(', ').slice(0, 4096));
@@ -261,6 +274,94 @@ class McpServerRoute {
     else if (action.kind === 'prompt') Object.assign(fact, { prompt: action.prompt, arguments: action.arguments });
     const decision = this.evaluate({ ...base, request: fact });
     return { message, action, decisionId, allow: decision.allow, reasons: decision.reasons };
+  }
+
+  /**
+   * A tool call on a priced server is charged its price (`pricing.tools`, else `perRequest`) on every budget of the
+   * caller, its mandate chain and its mandates, before it goes up; one the budgets cannot cover is denied for its id
+   * (`budget_exceeded`), and counters that cannot be reached deny it too (`budget_unavailable`: fail closed).
+   */
+  private async charge(request: FastifyRequest, caller: Caller, j: Judged): Promise<void> {
+    const pricing = this.upstream.pricing;
+    const { deps } = this.route;
+    if (!pricing || j.action.kind !== 'tool') return;
+    const micros = pricing.tools[j.action.tool] ?? pricing.perRequest ?? 0;
+    if (micros === 0) return;
+    j.price = { micros, call: null };
+    if (!deps.spend) return;
+    const chain = caller.mandate?.mandate ? caller.mandate.mandate.chain.map((link) => link.sub) : [];
+    const call = await pricedCall(this.upstream, deps.facts, [caller.verified.principalId, ...chain], caller.mandate, new Date(), micros);
+    if (!call) return;
+    let refused: CaracalError | null;
+    try {
+      refused = await reserveCall(deps.spend, call, j.decisionId, this.upstream.timeoutMs + RESERVATION_GRACE_MS, true);
+    } catch (err) {
+      request.log.error({ err, decision_id: j.decisionId }, 'budgets could not be checked; the tool call is denied');
+      refused = new CaracalError('CARACAL_DEPENDENCY', 'budgets could not be checked; denied', { reasons: ['budget_unavailable'] });
+    }
+    if (refused) {
+      deps.metrics.limited.inc({ reason: refused.reasons[0]! });
+      j.allow = false;
+      j.reasons = refused.reasons;
+      j.price = undefined;
+      return;
+    }
+    j.price.call = call;
+  }
+
+  private refundAll(judged: readonly Judged[]): void {
+    for (const j of judged) {
+      const call = j.price?.call;
+      if (call) this.route.deps.spend!.refund(call.lines, call.amountMicros).catch(() => {});
+    }
+  }
+
+  /** When the answer is over: a priced call the upstream never answered is given back; each is metered. */
+  private meterOnClose(request: FastifyRequest, reply: FastifyReply, caller: Caller, judged: readonly Judged[]): void {
+    const priced = judged.filter((j) => j.allow && j.price);
+    if (priced.length === 0) return;
+    const { deps } = this.route;
+    const started = new Date();
+    reply.raw.once('close', () => {
+      const answered = request.caracal.upstreamAnswered;
+      const status = answered ? reply.statusCode : null;
+      const outcome = !answered || (status !== null && status >= 400) ? 'failed' : reply.raw.writableFinished ? 'completed' : 'aborted';
+      for (const j of priced) {
+        const { micros, call } = j.price!;
+        const cost = answered ? micros : 0;
+        if (call && cost < micros) deps.spend!.refund(call.lines, micros - cost).catch((err) => request.log.error({ err, decision_id: j.decisionId }, 'could not give back the charge of a call that never happened'));
+        if (!deps.meteringTopic || j.action.kind !== 'tool') continue;
+        try {
+          const event = buildMeteringEvent(deps.source, {
+            decision_id: j.decisionId,
+            request_id: request.id,
+            principal_id: caller.verified.principalId,
+            token_id: caller.verified.tokenId ?? null,
+            chain: caller.mandate?.mandate ? caller.mandate.mandate.chain.map((link) => link.sub).filter((sub) => sub !== caller.verified.principalId) : [],
+            mandate_ids: caller.mandate?.mandate ? [caller.mandate.tokenId, ...caller.mandate.mandate.chain.map((link) => link.id).reverse()] : [],
+            upstream: this.upstream.name,
+            resource: j.action.resource,
+            model: null,
+            input_tokens: null,
+            output_tokens: null,
+            cached_input_tokens: null,
+            cost_micros: cost,
+            currency: this.upstream.pricing!.currency,
+            exact: true,
+            estimate_reason: null,
+            outcome,
+            upstream_status: status,
+            request_bytes: Buffer.byteLength(JSON.stringify(j.message.json)),
+            response_bytes: 0,
+            duration_ms: Date.now() - started.getTime(),
+            started_at: started.toISOString(),
+          });
+          deps.publisher.publish(deps.meteringTopic, caller.verified.principalId, event).catch((err) => request.log.error({ err, decision_id: j.decisionId }, 'could not record a metering event'));
+        } catch (err) {
+          request.log.error({ err, decision_id: j.decisionId }, 'could not build a metering event');
+        }
+      }
+    });
   }
 
   /** Records every decision; an allow is forwarded only once its event is durable (no unrecorded action). */

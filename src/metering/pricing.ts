@@ -55,6 +55,8 @@ export const PricingSchema = z
     models: z.record(z.string().min(1).max(256), ModelPrice).default({}),
     /** Reserved before a call to a model the table does not list (then settled at this amount, flagged estimated). */
     unknownModelReservation: Price.optional(),
+    /** MCP servers: the price of one `tools/call` of each tool; a tool not listed costs `perRequest` (if set). */
+    tools: z.record(z.string().min(1).max(128), Price).default({}),
   })
   .strict();
 

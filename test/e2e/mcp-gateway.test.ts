@@ -14,8 +14,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { POLICIES_DIR } from '../../src/paths.js';
 import { buildBundle } from '../../src/policy/bundle.js';
-import type { DecisionData } from '../../src/events/cloudevents.js';
-import { createHarness, readDecisions, type Harness } from '../helpers/gateway-harness.js';
+import type { DecisionData, MeteringData } from '../../src/events/cloudevents.js';
+import type { IssuedMandate } from '../../src/authority/tokens/mandates.js';
+import { createHarness, readDecisions, readTopic, type ExtraUpstream, type Harness } from '../helpers/gateway-harness.js';
 import { startMcpServer, type TestMcpServer } from '../helpers/mcp-server.js';
 import { requireServices } from '../helpers/services.js';
 
@@ -41,7 +42,17 @@ beforeAll(async () => {
   server = await startMcpServer({ requireAuthorization: upstreamKey, keepAliveMs: 0 });
   h = await createHarness({
     configOverrides: { policy: { bundlePath: bundle.outFile } },
-    extraUpstreams: [{ name: 'code', url: server.url, dialect: 'mcp', credentials: { header: 'authorization', valueEnv: KEY_ENV, prefix: 'Bearer ' } }],
+    extraUpstreams: [
+      { name: 'code', url: server.url, dialect: 'mcp', credentials: { header: 'authorization', valueEnv: KEY_ENV, prefix: 'Bearer ' } },
+      // The same server, priced per tool call: read_file 0.01, any other tool 0.001.
+      {
+        name: 'code-paid',
+        url: server.url,
+        dialect: 'mcp',
+        credentials: { header: 'authorization', valueEnv: KEY_ENV, prefix: 'Bearer ' },
+        pricing: { currency: 'USD', perRequest: '0.001', tools: { read_file: '0.01' } } as unknown as NonNullable<ExtraUpstream['pricing']>,
+      },
+    ],
   });
   await h.assembled.gateway.app.listen({ host: '127.0.0.1', port: 0 });
   gatewayUrl = `http://127.0.0.1:${(h.assembled.gateway.app.server.address() as AddressInfo).port}`;
@@ -60,14 +71,14 @@ afterAll(async () => {
 
 async function registerCoder(): Promise<string> {
   const id = await h.registerAgent();
-  await h.op('policy.create', { principalId: id, resources: ['mcp:code/*'], actions: ['call', 'read', 'get'], maxValiditySeconds: 3600 });
+  await h.op('policy.create', { principalId: id, resources: ['mcp:code/*', 'mcp:code-paid/*'], actions: ['call', 'read', 'get'], maxValiditySeconds: 3600 });
   await h.op('allowlist.create', { principalId: id, pattern: `${server.origin}/**`, patternType: 'glob' });
   return id;
 }
 
-async function connect(bearer = token): Promise<{ client: Client; transport: StreamableHTTPClientTransport }> {
+async function connect(bearer = token, serverName = 'code'): Promise<{ client: Client; transport: StreamableHTTPClientTransport }> {
   const client = new Client({ name: 'caracal-e2e', version: '1.0.0' });
-  const transport = new StreamableHTTPClientTransport(new URL(`${gatewayUrl}/mcp/code`), { requestInit: { headers: { authorization: `Bearer ${bearer}` } } });
+  const transport = new StreamableHTTPClientTransport(new URL(`${gatewayUrl}/mcp/${serverName}`), { requestInit: { headers: { authorization: `Bearer ${bearer}` } } });
   await client.connect(transport);
   clients.push(client);
   return { client, transport };
@@ -170,6 +181,49 @@ describe('the MCP gateway with the official SDK client and server', () => {
       body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }),
     });
     expect(after.status).toBe(404);
+  }, 60_000);
+});
+
+describe('mandates, emergency stops and budgets, per message', () => {
+  it('lets a write tool through under a mandate only, and an emergency stop denies every call', async () => {
+    const writer = await registerCoder();
+    const mandate = (await h.op('mandate.issue', { principalId: writer, resources: ['mcp:code/*'], actions: ['call'], validitySeconds: 600 })) as IssuedMandate;
+    const { client } = await connect(mandate.token);
+    expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(['read_file', 'search_code', 'write_file']);
+    const wrote = await client.callTool({ name: 'write_file', arguments: { path: '/public/notes.md', content: 'hello' } });
+    expect(wrote.content).toEqual([{ type: 'text', text: 'wrote 5 bytes to /public/notes.md' }]);
+
+    await h.op('emergency.stop', { principalId: writer, reason: 'e2e' });
+    const deadline = Date.now() + 5_000;
+    let stopped: Error & { code?: number } = new Error('not stopped');
+    while (Date.now() < deadline) {
+      stopped = await rejection(client.callTool({ name: 'read_file', arguments: { path: '/public/a' } })).catch((e: Error) => e);
+      if (/emergency_stop/.test(stopped.message)) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(stopped.message).toMatch(/denied by policy: .*emergency_stop/);
+    await h.op('emergency.resume', { principalId: writer });
+  }, 60_000);
+
+  it('charges each tool call its price on the caller’s budget, denies the one it cannot cover for its id, and meters the others', async () => {
+    const payer = await registerCoder();
+    await h.op('budget.set', { principalId: payer, window: 'daily', limit: '0.021', currency: 'USD' });
+    const { client } = await connect(await h.token(payer), 'code-paid');
+    const before = server.toolCalls.length;
+    await client.callTool({ name: 'read_file', arguments: { path: '/public/1' } });
+    await client.callTool({ name: 'read_file', arguments: { path: '/public/2' } });
+    const over = await rejection(client.callTool({ name: 'read_file', arguments: { path: '/public/3' } }));
+    expect(over.message).toMatch(/budget_exceeded/);
+    // 0.001 is still left for a tool priced per request.
+    await client.callTool({ name: 'search_code', arguments: { query: 'TODO' } });
+    expect(server.toolCalls.slice(before).map((c) => c.name)).toEqual(['read_file', 'read_file', 'search_code']);
+    const events = await readTopic(await h.ctx.events(), h.ctx.topics.metering, (all) => all.filter((m) => m.value.includes(payer)).length >= 3);
+    const mine = events.map((m) => (JSON.parse(m.value) as { data: MeteringData }).data).filter((d) => d.principal_id === payer);
+    expect(mine.map((d) => [d.resource, d.cost_micros, d.outcome, d.exact])).toEqual([
+      ['mcp:code-paid/read_file', 10_000, 'completed', true],
+      ['mcp:code-paid/read_file', 10_000, 'completed', true],
+      ['mcp:code-paid/search_code', 1_000, 'completed', true],
+    ]);
   }, 60_000);
 });
 
