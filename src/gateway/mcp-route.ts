@@ -33,6 +33,7 @@ import {
   filterListResponse,
   isListMethod,
   jsonRpcError,
+  MAX_MCP_JSON_BYTES,
   McpMessageError,
   parseMcpBody,
   promptResource,
@@ -489,8 +490,11 @@ class McpServerRoute {
       response.body.on('error', (err) => out.destroy(err));
       return reply.send(out);
     }
-    if (type === 'application/json') {
-      const raw = Buffer.from(await response.body.arrayBuffer());
+    if (type === 'application/json' && (context.listIds.size > 0 || context.answers.length > 0)) {
+      // Read to be filtered or joined with the gateway's own answers: bounded, a bigger answer is the upstream's fault.
+      const raw = await readBody(response.body, MAX_MCP_JSON_BYTES).catch((err: unknown) => {
+        throw new CaracalError('CARACAL_UPSTREAM_UNREACHABLE', `the MCP server's answer could not be read (${err instanceof CaracalError ? 'larger than the gateway reads' : 'cut off'})`, { reasons: ['mcp_upstream_malformed'] });
+      });
       const rewritten = context.listIds.size > 0 ? rewriteJsonBody(raw, rewrite) : raw;
       if (rewritten === null) throw new CaracalError('CARACAL_UPSTREAM_UNREACHABLE', 'the MCP server answered with JSON the gateway cannot read', { reasons: ['mcp_upstream_malformed'] });
       if (context.answers.length === 0) return reply.send(rewritten);
