@@ -15,7 +15,7 @@ BIN_DIR="$TOOLS_DIR/bin"
 OPA_VERSION="1.22.2"
 OPA_MODULE="github.com/open-policy-agent/opa"
 # First entry is the pinned version; the others are fallbacks if it does not resolve.
-HELM_VERSIONS=("v3.22.0" "v3.21.4" "v3.20.2")
+HELM_VERSIONS=("v3.21.4" "v3.20.2")
 HELM_MODULE="helm.sh/helm/v3"
 # kafkajs 2.2.4 speaks old protocol versions (JoinGroup v0/v1 ...): Kafka 3.9.x accepts them,
 # 4.0.0 removed some. 3.9.0 is tried once only if 3.9.1 does not resolve.
@@ -96,19 +96,22 @@ log "redis: ${redis_v:-unknown} ($(command -v redis-server)) $state"
 
 # --- Go tools -----------------------------------------------------------------------------------
 go_mod_version() { # binary module -> version recorded in the binary's build info
-  go version -m "$1" 2>/dev/null | awk -v m="$2" '$1 == "mod" && $2 == m { print $3; exit }'
+  go version -m "$1" 2>/dev/null | awk -v m="$2" '$1 == "mod" && $2 == m && !found { print $3; found = 1 }'
 }
 
 GO_LOG="$TOOLS_DIR/go-install.log"
 : >"$GO_LOG"
 
 opa_bin="$BIN_DIR/opa"
-if [ -x "$opa_bin" ] && "$opa_bin" version 2>/dev/null | grep -qx "Version: $OPA_VERSION"; then
+# The output is captured before it is matched: `opa version | grep -q` under pipefail fails at random when grep exits
+# on the first match and opa then dies of SIGPIPE.
+opa_reports_pinned() { local v; v="$("$opa_bin" version 2>/dev/null)" || return 1; grep -qx "Version: $OPA_VERSION" <<<"$v"; }
+if [ -x "$opa_bin" ] && opa_reports_pinned; then
   state="already present"
 else
   GOBIN="$BIN_DIR" go install "$OPA_MODULE@v$OPA_VERSION" >>"$GO_LOG" 2>&1 \
     || { tail -n 20 "$GO_LOG" >&2; die "go install $OPA_MODULE@v$OPA_VERSION failed (log: $GO_LOG)"; }
-  "$opa_bin" version | grep -qx "Version: $OPA_VERSION" || die "$opa_bin does not report version $OPA_VERSION"
+  opa_reports_pinned || die "$opa_bin does not report version $OPA_VERSION"
   state="installed"
 fi
 log "opa: $OPA_VERSION ($opa_bin) $state"
@@ -194,4 +197,4 @@ fi
 # Stable path for scripts/services.sh.
 ln -sfn "kafka-$kafka_ok" "$TOOLS_DIR/kafka"
 log "kafka: $kafka_ok ($TOOLS_DIR/kafka/libs) $state"
-log "java: $(java -version 2>&1 | head -n 1 | sed 's/^[^"]*"\([^"]*\)".*/\1/') ($(command -v java))"
+log "java: $(java -version 2>&1 | sed -n '1s/^[^"]*"\([^"]*\)".*/\1/p') ($(command -v java))"

@@ -63,7 +63,9 @@ pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 pid_matches() {
   pid_alive "$1" || return 1
   [ -r "/proc/$1/cmdline" ] || return 0
-  tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$2"
+  local cmdline
+  cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline")" || return 1
+  [[ "$cmdline" == *"$2"* ]]
 }
 
 read_pid() { [ -s "$1" ] && head -n 1 "$1" | tr -dc '0-9' || true; }
