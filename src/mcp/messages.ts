@@ -392,7 +392,10 @@ export interface ClassifyOptions {
   maxArgumentBytes?: number;
 }
 
-/** Requests that are session plumbing rather than an act on a tool, resource or prompt. */
+/**
+ * Requests that are session plumbing rather than an act on a tool, resource or prompt. Not `completion/complete`: it
+ * tells what a given prompt or resource would accept, so classify decides it as using that prompt or resource.
+ */
 export const SESSION_METHODS: ReadonlySet<string> = new Set([
   'initialize',
   'ping',
@@ -400,7 +403,6 @@ export const SESSION_METHODS: ReadonlySet<string> = new Set([
   'resources/list',
   'resources/templates/list',
   'prompts/list',
-  'completion/complete',
   'logging/setLevel',
 ]);
 
@@ -424,6 +426,59 @@ export function isSafeUri(uri: unknown): uri is string {
   return typeof uri === 'string' && uri.length > 0 && uri.length <= MAX_URI_LENGTH && isCleanText(uri);
 }
 
+/** A "." or ".." segment, wherever it is: a server that joins the query or fragment onto a path resolves those too. */
+const DOT_SEGMENT = /(?:^|\/)\.\.?(?:[/?#]|$)/;
+const ENCODED_OCTET = /%([0-9A-Fa-f]{2})/g;
+/** The unreserved characters of RFC 3986 (§2.3): percent-encoding one gives the same URI spelled another way. */
+const UNRESERVED = /^[A-Za-z0-9._~-]$/;
+
+/**
+ * What in a URI (or URI template) lets the MCP server read another resource than the one the policy was asked
+ * about, or null. The policy compares the URI as a string; the server decodes and resolves it. So a "." or ".."
+ * segment, a backslash (a path separator to WHATWG's special schemes and on Windows), a percent-encoded "/" or "\"
+ * (a separator once decoded), a percent-encoded unreserved character (`%2e` is ".", `%73` is "s": a prefix or exact
+ * rule is escaped by spelling the URI differently) or control character (`%00` cuts a path short) are refused.
+ */
+function uriEscapeProblem(uri: string): string | null {
+  if (uri.includes('\\')) return 'it has a backslash';
+  if (DOT_SEGMENT.test(uri)) return 'it has a "." or ".." segment';
+  for (const [octet, hex] of uri.matchAll(ENCODED_OCTET)) {
+    const char = String.fromCharCode(parseInt(hex!, 16));
+    if (char === '/' || char === '\\') return `it has a percent-encoded separator (${octet})`;
+    if (UNRESERVED.test(char)) return `it percent-encodes the character ${JSON.stringify(char)} (${octet})`;
+    if (char < ' ' || char === '\u007f') return `it percent-encodes a control character (${octet})`;
+  }
+  return null;
+}
+
+/**
+ * Why a URI is not in canonical form, or null when it is: an absolute URL that WHATWG's parser (`new URL`, what the
+ * SDK and most servers use) reads as exactly itself, with a lower-case host and none of uriEscapeProblem's escapes.
+ * A URI the parser would rewrite (dot segments, `%2e%2e`, backslashes, an upper-case scheme or host, a default port,
+ * a fullwidth "／" it percent-encodes) is refused rather than rewritten: the policy must see what the server reads.
+ */
+function canonicalUriProblem(uri: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return 'it is not an absolute URL (scheme:…)';
+  }
+  if (url.href !== uri) return `it would be read as ${quote(url.href)}`;
+  // WHATWG keeps the case of a host it cannot interpret (mcp://S/a), RFC 3986 (§6.2.2.1) says it does not matter.
+  if (url.host !== url.host.toLowerCase()) return 'its host is not lower case';
+  return uriEscapeProblem(uri);
+}
+
+/**
+ * A resource URI the gateway accepts for `resources/read`: isSafeUri, and in canonical form, so that the URI the
+ * policy decides on is the resource the server reads (`file:///public/%2e%2e/secret` must not pass a rule for
+ * `file:///public/`). Opaque URIs are fine (`urn:x:y`, `mcp://server/a/b`, `http://h/x?q=1`); anything not a URL is not.
+ */
+export function isCanonicalUri(uri: unknown): uri is string {
+  return isSafeUri(uri) && canonicalUriProblem(uri) === null;
+}
+
 function assertServer(server: string): void {
   if (typeof server !== 'string' || !SERVER_NAME.test(server)) {
     throw new CaracalError('CARACAL_INTERNAL', `the MCP server name ${quote(server)} was not validated (expected [a-z0-9][a-z0-9_-]{0,63})`, { reasons: ['mcp_server_name_invalid'] });
@@ -436,7 +491,10 @@ export function toolResource(server: string, tool: string): string {
   return `mcp:${server}/${tool}`;
 }
 
-/** The policy resource of a resource: `mcp:<server>/resource/<uri>` (the URI as sent, not normalised). */
+/**
+ * The policy resource of a resource: `mcp:<server>/resource/<uri>`, the URI as sent, never normalised (classify only
+ * accepts a URI already in canonical form, and a template without escapes).
+ */
 export function resourceResource(server: string, uri: string): string {
   assertServer(server);
   return `mcp:${server}/resource/${uri}`;
@@ -460,12 +518,16 @@ function canonicalSize(args: JsonObject): number | null {
 /**
  * What the gateway decides for a message sent to `server` (a name the caller validated; asserted here):
  *   tools/call      → tool `mcp:<server>/<tool>` action call, with the arguments (default {})
- *   resources/read  → resource `mcp:<server>/resource/<uri>` action read
+ *   resources/read  → resource `mcp:<server>/resource/<uri>` action read (the uri in canonical form: isCanonicalUri)
  *   prompts/get     → prompt `mcp:<server>/prompt/<name>` action get, with the arguments (strings)
+ *   completion/complete → what its `params.ref` would use: `ref/prompt` the prompt (action get, arguments {}),
+ *                     `ref/resource` the resource `mcp:<server>/resource/<uri>` (action read; the uri may be a
+ *                     template, so not canonical form but isSafeUri without ".." segments, "\", %2e %2f %5c, …)
  *   SESSION_METHODS requests, `notifications/*` notifications, responses → session `mcp:<server>`
  *   anything else   → unknown (deny), including a known method sent as the wrong kind (a notification `tools/call`)
- * Params the gateway cannot decide on safely (a name that is not isSafeName, a bad URI, arguments that are not an
- * object or exceed the cap) give `invalid` with a reason; nothing is ever rewritten into another name.
+ * Params the gateway cannot decide on safely (a name that is not isSafeName, a bad or non-canonical URI, a missing
+ * or unknown completion ref, arguments that are not an object or exceed the cap) give `invalid` with a reason;
+ * nothing is ever rewritten into another name.
  */
 export function classify(message: McpMessage, server: string, options: ClassifyOptions = {}): McpAction {
   assertServer(server);
@@ -504,7 +566,30 @@ export function classify(message: McpMessage, server: string, options: ClassifyO
       if (!isSafeUri(params.uri)) {
         return invalid('mcp_resource_uri_invalid', `the resource uri ${quote(params.uri)} is not a string of 1-${MAX_URI_LENGTH} characters without control characters`);
       }
+      const problem = canonicalUriProblem(params.uri);
+      if (problem !== null) return invalid('mcp_resource_uri_invalid', `the resource uri ${quote(params.uri)} is not in canonical form: ${problem}`);
       return { kind: 'resource', resource: `${base}/resource/${params.uri}`, action: 'read', uri: params.uri };
+    }
+    case 'completion/complete': {
+      // Completions reveal what a prompt or resource template would accept, so they are decided as using it.
+      const ref = isJsonObject(params) ? params.ref : undefined;
+      if (!isJsonObject(ref)) return invalid('mcp_params_invalid', 'completion/complete needs params: an object with a ref (ref/prompt or ref/resource)');
+      if (ref.type === 'ref/prompt') {
+        if (!isSafeName(ref.name)) {
+          return invalid('mcp_prompt_name_invalid', `the prompt name ${quote(ref.name)} is not 1-${MAX_NAME_LENGTH} characters of A-Z a-z 0-9 _ . - (not starting with a dot, without "..")`);
+        }
+        return { kind: 'prompt', resource: `${base}/prompt/${ref.name}`, action: 'get', prompt: ref.name, arguments: {} };
+      }
+      if (ref.type === 'ref/resource') {
+        // A URI template ("file:///{+path}") is not a URL, so it cannot be in canonical form; it must not escape either.
+        if (!isSafeUri(ref.uri)) {
+          return invalid('mcp_resource_uri_invalid', `the resource uri ${quote(ref.uri)} is not a string of 1-${MAX_URI_LENGTH} characters without control characters`);
+        }
+        const problem = uriEscapeProblem(ref.uri);
+        if (problem !== null) return invalid('mcp_resource_uri_invalid', `the resource uri ${quote(ref.uri)} is refused: ${problem}`);
+        return { kind: 'resource', resource: `${base}/resource/${ref.uri}`, action: 'read', uri: ref.uri };
+      }
+      return invalid('mcp_params_invalid', `completion/complete needs a ref of type ref/prompt or ref/resource, not ${quote(ref.type)}`);
     }
     case 'prompts/get': {
       if (!isJsonObject(params)) return invalid('mcp_params_invalid', 'prompts/get needs params: an object with the prompt name');
@@ -547,7 +632,8 @@ export type ListMethod = 'tools/list' | 'resources/list' | 'prompts/list' | 'res
 const LISTS: Record<ListMethod, { field: string; key: string; valid: (value: unknown) => boolean }> = {
   'tools/list': { field: 'tools', key: 'name', valid: isSafeName },
   'prompts/list': { field: 'prompts', key: 'name', valid: isSafeName },
-  'resources/list': { field: 'resources', key: 'uri', valid: isSafeUri },
+  // A listed resource whose URI is not canonical could never be read (classify refuses it), so it is not listed.
+  'resources/list': { field: 'resources', key: 'uri', valid: isCanonicalUri },
   'resources/templates/list': { field: 'resourceTemplates', key: 'uriTemplate', valid: isSafeUri },
 };
 
@@ -560,7 +646,8 @@ export function isListMethod(method: string): method is ListMethod {
  * resource templates by `uriTemplate`. Every other member (`nextCursor`, `_meta`, …) is kept, and so is each kept
  * entry as it was. Fails closed: a result that is not an object, or whose list is missing or not an array, becomes
  * an empty list; an entry that is not an object, has no such string, or whose name `classify` would refuse
- * (isSafeName / isSafeUri) is removed without asking `allowed`. An exception from `allowed` propagates.
+ * (isSafeName; isCanonicalUri for resources, isSafeUri for templates) is removed without asking `allowed`. An
+ * exception from `allowed` propagates.
  */
 export function filterListResult(method: ListMethod, result: unknown, allowed: (name: string) => boolean): JsonObject {
   if (!isListMethod(method)) throw new CaracalError('CARACAL_INTERNAL', `${quote(method)} is not a listing method`);

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
+import { posix } from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
-import { JSONRPCErrorResponseSchema, JSONRPCMessageSchema, LATEST_PROTOCOL_VERSION, McpError, SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/sdk/types.js';
+import { CompleteRequestSchema, JSONRPCErrorResponseSchema, JSONRPCMessageSchema, LATEST_PROTOCOL_VERSION, McpError, SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/sdk/types.js';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import { CaracalError, isCaracalError } from '../../src/errors/catalog.js';
@@ -13,7 +14,9 @@ import {
   deniedResponse,
   filterListResponse,
   filterListResult,
+  isCanonicalUri,
   isSafeName,
+  isSafeUri,
   jsonRpcError,
   JSONRPC_INVALID_PARAMS,
   JSONRPC_INVALID_REQUEST,
@@ -55,6 +58,8 @@ const call = (name: unknown, args?: unknown): McpMessage => {
   return { kind: 'request', id: 1, method: 'tools/call', params, json: req(1, 'tools/call', params) };
 };
 const request = (method: string, params?: Record<string, unknown> | unknown[]): McpMessage => ({ kind: 'request', id: 1, method, params, json: req(1, method, params) });
+const read = (uri: unknown): McpMessage => request('resources/read', { uri });
+const complete = (ref: unknown): McpMessage => request('completion/complete', { ref, argument: { name: 'path', value: '' } });
 
 describe('parseMcpBody: one message', () => {
   it('reads a request, a notification, a result response and an error response', () => {
@@ -381,14 +386,210 @@ describe('classify', () => {
   });
 
   it('maps resources/read to the resource URI as sent', () => {
-    expect(classify(request('resources/read', { uri: 'file:///etc/hosts' }), 'fs')).toEqual({ kind: 'resource', resource: 'mcp:fs/resource/file:///etc/hosts', action: 'read', uri: 'file:///etc/hosts' });
-    expect(classify(request('resources/read', { uri: 'x'.repeat(2048) }), 'fs')).toMatchObject({ kind: 'resource' });
-    expect(classify(request('resources/read', { uri: 'doc://é/😀' }), 'fs')).toMatchObject({ kind: 'resource', uri: 'doc://é/😀' });
+    expect(classify(read('file:///etc/hosts'), 'fs')).toEqual({ kind: 'resource', resource: 'mcp:fs/resource/file:///etc/hosts', action: 'read', uri: 'file:///etc/hosts' });
+    const longest = `file:///${'x'.repeat(2040)}`;
+    expect(classify(read(longest), 'fs')).toMatchObject({ kind: 'resource', uri: longest });
+    expect(classify(read('doc://h/caf%C3%A9/%F0%9F%98%80'), 'fs')).toMatchObject({ kind: 'resource', uri: 'doc://h/caf%C3%A9/%F0%9F%98%80' });
     expect(resourceResource('fs', 'a://b')).toBe('mcp:fs/resource/a://b');
-    for (const uri of ['', 'x'.repeat(2049), 'file:///a\u0000b', 'file:///a\nb', 'file:///a\u007f', 'file:///a\u0085', 'file:///\ud800', 42, null, undefined, {}]) {
-      expect(classify(request('resources/read', { uri }), 'fs')).toMatchObject({ kind: 'invalid', reason: 'mcp_resource_uri_invalid' });
+    for (const uri of ['', `${longest}x`, 'file:///a\u0000b', 'file:///a\nb', 'file:///a\u007f', 'file:///a\u0085', 'file:///\ud800', 42, null, undefined, {}]) {
+      expect(classify(read(uri), 'fs')).toMatchObject({ kind: 'invalid', reason: 'mcp_resource_uri_invalid' });
+      expect(isSafeUri(uri)).toBe(false);
+      expect(isCanonicalUri(uri)).toBe(false);
     }
     expect(classify(request('resources/read'), 'fs')).toMatchObject({ kind: 'invalid', reason: 'mcp_params_invalid' });
+  });
+
+  it.each<[string, string]>([
+    ['a plain file URI', 'file:///public/report.txt'],
+    ['a URN (an opaque path)', 'urn:x:y'],
+    ['a URN whose opaque path has dots', 'urn:x:../y'],
+    ['an MCP URI with a host', 'mcp://server/a/b'],
+    ['a host and no path', 'repo://readme'],
+    ['a query', 'http://h/x?q=1'],
+    ['an empty query and fragment', 'http://h/x?#'],
+    ['a fragment', 'http://h/x#part'],
+    ['".." inside a query value', 'mcp://s/a?x=..'],
+    ['a file name starting with a dot', 'http://h/.well-known/x'],
+    ['a file name of three dots', 'file:///a/...'],
+    ['an encoded space', 'file:///a%20b'],
+    ['an encoded percent sign', 'file:///100%25'],
+    ['an IPv6 host', 'http://[::1]/'],
+    ['user info', 'http://u@h/x'],
+    ['a Windows drive', 'file:///C:/x'],
+  ])('accepts a URI in canonical form: %s', (_what, uri) => {
+    expect(new URL(uri).href).toBe(uri);
+    expect(isCanonicalUri(uri)).toBe(true);
+    expect(classify(read(uri), 'fs')).toEqual({ kind: 'resource', resource: `mcp:fs/resource/${uri}`, action: 'read', uri });
+  });
+
+  it.each<[string, string, string | null]>([
+    // WHATWG's parser rewrites these: refused, and the message says what the server would read.
+    ['encoded dot segments', 'file:///public/%2e%2e/secret', 'file:///secret'],
+    ['encoded dot segments in mixed case', 'file:///public/%2E%2e/secret', 'file:///secret'],
+    ['one encoded dot of two', 'mcp://s/public/.%2e/secret', 'mcp://s/secret'],
+    ['a parent segment', 'file:///public/../secret', 'file:///secret'],
+    ['a parent segment below the prefix', 'file:///public/a/../../secret', 'file:///secret'],
+    ['a trailing parent segment', 'file:///public/..', 'file:///'],
+    ['a current segment', 'file:///public/./x', 'file:///public/x'],
+    ['a current segment inside', 'file:///a/./b', 'file:///a/b'],
+    ['a leading current segment', 'file:///./public/x', 'file:///public/x'],
+    ['backslashes in a special scheme', 'file:///public\\..\\secret', 'file:///secret'],
+    ['a parent segment in a non-special scheme', 'mcp://s/public/../secret', 'mcp://s/secret'],
+    ['an upper-case scheme', 'FILE:///x', 'file:///x'],
+    ['an upper-case host', 'file://HOST/x', 'file://host/x'],
+    ['localhost in a file URI', 'file://localhost/x', 'file:///x'],
+    ['a default port', 'http://h:80/x', 'http://h/x'],
+    ['no path after the host', 'http://h', 'http://h/'],
+    ['a single slash after the scheme', 'http:/h/x', 'http://h/x'],
+    ['a numeric host spelled in hex', 'http://0x7f.1/', 'http://127.0.0.1/'],
+    ['a fullwidth solidus', 'file:///public／..／secret', 'file:///public%EF%BC%8F..%EF%BC%8Fsecret'],
+    ['fullwidth dots', 'file:///public/．．/secret', 'file:///public/%EF%BC%8E%EF%BC%8E/secret'],
+    ['a space', 'file:///a b', 'file:///a%20b'],
+    ['a leading space', ' file:///x', 'file:///x'],
+    ['a Unicode host', 'doc://é/x', 'doc://%C3%A9/x'],
+    ['a pipe for a drive colon', 'file:///c|/x', 'file:///c:/x'],
+    // WHATWG reads these as themselves, but a server that decodes or joins strings does not.
+    ['an encoded slash after dots', 'file:///public/..%2fsecret', null],
+    ['an upper-case encoded slash', 'file:///public%2F..%2Fsecret', null],
+    ['an encoded backslash', 'http://h/public/..%5csecret', null],
+    ['an upper-case encoded backslash', 'http://h/public/..%5Csecret', null],
+    ['an encoded dot that is not a whole segment', 'file:///public/%2e%2e%2fsecret', null],
+    ['an encoded dot in the query', 'http://h/x?q=%2e', null],
+    ['an encoded letter (the same URI, spelled otherwise)', 'file:///p%75blic/x', null],
+    ['an encoded tilde', 'http://h/%7euser', null],
+    ['an encoded NUL', 'file:///public/x%00/../y', 'file:///public/y'],
+    ['an encoded NUL alone', 'file:///secret.txt%00.png', null],
+    ['an encoded DEL', 'file:///a%7Fb', null],
+    ['a backslash in a non-special scheme', 'mcp://s/public\\..\\secret', null],
+    ['a parent segment in the query', 'file:///public/x?/../../secret', null],
+    ['a parent segment in the fragment', 'file:///public/x#/..', null],
+    ['an upper-case opaque host', 'mcp://S/a', null],
+    ['an encoded opaque host', 'mcp://%73/a', null],
+    // Not URLs at all.
+    ['no scheme', 'public/x', null],
+    ['a path only', '/etc/passwd', null],
+    ['a bare word', 'x', null],
+    ['a template', 'file:///{path}', 'file:///%7Bpath%7D'],
+  ])('refuses a URI not in canonical form: %s', (_what, uri, readAs) => {
+    expect(isSafeUri(uri)).toBe(true);
+    expect(isCanonicalUri(uri)).toBe(false);
+    const action = classify(read(uri), 'fs');
+    expect(action).toMatchObject({ kind: 'invalid', resource: 'mcp:fs', reason: 'mcp_resource_uri_invalid', code: JSONRPC_INVALID_PARAMS });
+    if (action.kind !== 'invalid') throw new Error('unreachable');
+    expect(action.message).toContain(`the resource uri ${JSON.stringify(uri)} is not in canonical form`);
+    if (readAs !== null) {
+      expect(new URL(uri).href).toBe(readAs);
+      expect(action.message).toContain(`it would be read as ${JSON.stringify(readAs)}`);
+    } else {
+      expect(action.message).not.toContain('would be read as');
+    }
+  });
+
+  it('quotes a long URI and what it would be read as, truncated', () => {
+    const uri = `file:///public/${'a/'.repeat(100)}${'../'.repeat(101)}secret`;
+    const action = classify(read(uri), 'fs');
+    if (action.kind !== 'invalid') throw new Error('expected a refusal');
+    expect(action.message).toMatch(/^the resource uri "file:\/\/\/public\/a\/a\/[a/]*…" is not in canonical form: it would be read as "file:\/\/\/secret"$/);
+    const longer = `file:///public/${'x'.repeat(100)}/./y`;
+    const message = (classify(read(longer), 'fs') as { message: string }).message;
+    expect(message).toMatch(/ it would be read as "file:\/\/\/public\/x+…"$/);
+    expect(message.length).toBeLessThan(200);
+  });
+
+  it('never lets a server that decodes, converts backslashes and resolves dot segments read outside a prefix it accepted', () => {
+    const piece = fc.constantFrom('/', '.', '..', '%2e', '%2E', '%2f', '%2F', '%5c', '%5C', '%25', '%', '2e', '\\', 'a', 'secret', 'public', '?', '#', '／', '．', ':', 'A');
+    fc.assert(
+      fc.property(fc.array(piece, { maxLength: 10 }), (pieces) => {
+        const uri = `file:///public/${pieces.join('')}`;
+        if (!isCanonicalUri(uri)) {
+          expect(classify(read(uri), 'fs')).toMatchObject({ kind: 'invalid', reason: 'mcp_resource_uri_invalid' });
+          return;
+        }
+        expect(new URL(uri).href).toBe(uri);
+        expect(uri).not.toMatch(/\\|%2f|%5c|%2e|(^|\/)\.\.?([/?#]|$)/i);
+        let decoded: string;
+        try {
+          decoded = decodeURIComponent(new URL(uri).pathname);
+        } catch {
+          return; // the server cannot decode it either
+        }
+        expect(posix.normalize(decoded.replaceAll('\\', '/'))).toMatch(/^\/public\//);
+      }),
+      { numRuns: 3_000 },
+    );
+  });
+
+  it('decides completion/complete on a prompt as getting that prompt', () => {
+    const ref = { type: 'ref/prompt', name: 'summarise' };
+    expect(CompleteRequestSchema.safeParse(complete(ref).json).success).toBe(true);
+    expect(classify(complete(ref), 'docs')).toEqual({ kind: 'prompt', resource: 'mcp:docs/prompt/summarise', action: 'get', prompt: 'summarise', arguments: {} });
+    expect(classify(complete(ref), 'docs')).toEqual(classify(request('prompts/get', { name: 'summarise' }), 'docs'));
+    // Previously resolved arguments are completion context, not prompt arguments.
+    const withContext = request('completion/complete', { ref, argument: { name: 'a', value: 'x' }, context: { arguments: { b: 'y' } } });
+    expect(classify(withContext, 'docs')).toMatchObject({ kind: 'prompt', prompt: 'summarise', arguments: {} });
+  });
+
+  it('decides completion/complete on a resource (a URI template) as reading it', () => {
+    for (const uri of ['file:///{+path}', 'repo://readme', 'db://{table}/rows/{id}', 'urn:x:{y}', 'file:///public/{name}.txt', 'mcp://s/a?x=..']) {
+      expect(CompleteRequestSchema.safeParse(complete({ type: 'ref/resource', uri }).json).success).toBe(true);
+      expect(classify(complete({ type: 'ref/resource', uri }), 'fs')).toEqual({ kind: 'resource', resource: `mcp:fs/resource/${uri}`, action: 'read', uri });
+    }
+  });
+
+  it.each<[string, unknown]>([
+    ['a parent segment', 'file:///public/../{path}'],
+    ['a trailing parent segment', 'file:///{path}/..'],
+    ['a current segment', 'file:///./{path}'],
+    ['a leading parent segment', '../{path}'],
+    ['a parent segment in the query', 'file:///{path}?/../x'],
+    ['encoded dots', 'file:///public/%2e%2e/{path}'],
+    ['upper-case encoded dots', 'file:///public/%2E%2E/{path}'],
+    ['an encoded slash', 'file:///public/..%2f{path}'],
+    ['an upper-case encoded slash', 'file:///public%2F{path}'],
+    ['an encoded backslash', 'file:///public%5c{path}'],
+    ['an upper-case encoded backslash', 'file:///public%5C{path}'],
+    ['a backslash', 'file:///public\\..\\{path}'],
+    ['an encoded letter', 'file:///p%75blic/{path}'],
+    ['an encoded NUL', 'file:///{path}%00'],
+    ['nothing', ''],
+    ['a control character', 'file:///{path}\n'],
+    ['an unpaired surrogate', 'file:///\ud800{path}'],
+    ['2049 characters', `file:///${'x'.repeat(2041)}`],
+    ['a number', 7],
+    ['null', null],
+    ['no uri', undefined],
+  ])('refuses completion/complete on a resource template with %s', (_what, uri) => {
+    const ref = uri === undefined ? { type: 'ref/resource' } : { type: 'ref/resource', uri };
+    expect(classify(complete(ref), 'fs')).toMatchObject({ kind: 'invalid', resource: 'mcp:fs', reason: 'mcp_resource_uri_invalid', code: JSONRPC_INVALID_PARAMS });
+  });
+
+  it.each<[string, McpMessage, string]>([
+    ['no params', request('completion/complete'), 'mcp_params_invalid'],
+    ['params as an array', request('completion/complete', [{ type: 'ref/prompt', name: 'p' }]), 'mcp_params_invalid'],
+    ['no ref', request('completion/complete', { argument: { name: 'a', value: '' } }), 'mcp_params_invalid'],
+    ['a null ref', complete(null), 'mcp_params_invalid'],
+    ['a ref that is a string', complete('ref/prompt'), 'mcp_params_invalid'],
+    ['a ref that is an array', complete([{ type: 'ref/prompt', name: 'p' }]), 'mcp_params_invalid'],
+    ['a ref without a type', complete({ name: 'p' }), 'mcp_params_invalid'],
+    ['a ref to a tool', complete({ type: 'ref/tool', name: 'delete_all' }), 'mcp_params_invalid'],
+    ['a ref type in another case', complete({ type: 'REF/PROMPT', name: 'p' }), 'mcp_params_invalid'],
+    ['a ref type with a space', complete({ type: 'ref/prompt ', name: 'p' }), 'mcp_params_invalid'],
+    ['a numeric ref type', complete({ type: 1, name: 'p' }), 'mcp_params_invalid'],
+    ['a prompt ref without a name', complete({ type: 'ref/prompt' }), 'mcp_prompt_name_invalid'],
+    ['a prompt ref with a uri instead', complete({ type: 'ref/prompt', uri: 'file:///x' }), 'mcp_prompt_name_invalid'],
+    ['a prompt ref with a parent path', complete({ type: 'ref/prompt', name: '../p' }), 'mcp_prompt_name_invalid'],
+    ['a prompt ref with a slash', complete({ type: 'ref/prompt', name: 'p/q' }), 'mcp_prompt_name_invalid'],
+    ['a prompt ref with a look-alike', complete({ type: 'ref/prompt', name: 'ｐ' }), 'mcp_prompt_name_invalid'],
+    ['a prompt ref with an empty name', complete({ type: 'ref/prompt', name: '' }), 'mcp_prompt_name_invalid'],
+    ['a resource ref with a name instead', complete({ type: 'ref/resource', name: 'readme' }), 'mcp_resource_uri_invalid'],
+  ])('refuses completion/complete with %s', (_what, message, reason) => {
+    expect(classify(message, 'srv')).toMatchObject({ kind: 'invalid', resource: 'mcp:srv', reason, code: JSONRPC_INVALID_PARAMS });
+  });
+
+  it('keeps completion/complete a request: as a notification it is unknown', () => {
+    const params = { ref: { type: 'ref/prompt', name: 'p' }, argument: { name: 'a', value: '' } };
+    const notification: McpMessage = { kind: 'notification', method: 'completion/complete', params, json: note('completion/complete', params) };
+    expect(classify(notification, 'srv')).toEqual({ kind: 'unknown', resource: 'mcp:srv', method: 'completion/complete' });
   });
 
   it('maps prompts/get to the prompt, with string arguments, under the tool name rules', () => {
@@ -409,7 +610,7 @@ describe('classify', () => {
   });
 
   it('treats session plumbing as session, responses included', () => {
-    for (const method of ['initialize', 'ping', 'tools/list', 'resources/list', 'resources/templates/list', 'prompts/list', 'completion/complete', 'logging/setLevel']) {
+    for (const method of ['initialize', 'ping', 'tools/list', 'resources/list', 'resources/templates/list', 'prompts/list', 'logging/setLevel']) {
       expect(classify(request(method, {}), 'srv')).toEqual({ kind: 'session', resource: 'mcp:srv', action: 'session', method });
     }
     for (const method of ['notifications/initialized', 'notifications/cancelled', 'notifications/progress', 'notifications/roots/list_changed']) {
@@ -538,7 +739,17 @@ describe('listing filters', () => {
     const result = filterListResult('tools/list', { tools: [null, 'read', { title: 'x' }, { name: 7 }, { name: '../x' }, { name: '\u0430dmin' }, { name: 'ok' }] }, allowed);
     expect(result).toEqual({ tools: [{ name: 'ok' }] });
     expect(allowed.mock.calls).toEqual([['ok']]);
-    expect(filterListResult('resources/list', { resources: [{ uri: 'a\u0000' }, { uri: '' }, { uri: 'fine' }] }, allowed)).toEqual({ resources: [{ uri: 'fine' }] });
+    expect(filterListResult('resources/list', { resources: [{ uri: 'a\u0000' }, { uri: '' }, { uri: 'file:///fine' }] }, allowed)).toEqual({ resources: [{ uri: 'file:///fine' }] });
+  });
+
+  it('removes listed resources whose URI could never be read (not in canonical form), but keeps templates', () => {
+    const allowed = vi.fn(() => true);
+    const resources = ['file:///public/a', 'file:///public/../secret', 'file:///public/%2e%2e/secret', 'file:///public/..%2fsecret', 'FILE:///x', 'file:///a\\b', 'fine', 'urn:x:y', 'mcp://S/a'];
+    expect(filterListResult('resources/list', { resources: resources.map((uri) => ({ uri })) }, allowed)).toEqual({ resources: [{ uri: 'file:///public/a' }, { uri: 'urn:x:y' }] });
+    expect(allowed.mock.calls).toEqual([['file:///public/a'], ['urn:x:y']]);
+    // Templates are not URLs ("{" is percent-encoded by new URL), so they stay under isSafeUri.
+    const templates = { resourceTemplates: [{ uriTemplate: 'file:///{+path}' }, { uriTemplate: 'db://{table}' }, { uriTemplate: 'a\u0000' }] };
+    expect(filterListResult('resources/templates/list', templates, () => true)).toEqual({ resourceTemplates: [{ uriTemplate: 'file:///{+path}' }, { uriTemplate: 'db://{table}' }] });
   });
 
   it('lets an exception from allowed propagate', () => {
