@@ -11,10 +11,12 @@
  *   GET     the server's event stream (notifications, server requests), passed through as it comes.
  *   DELETE  ends the session.
  *
- * A session belongs to the principal that opened it: another caller presenting its id is told it does not exist.
- * src/mcp/ holds the protocol layer (parsing, naming, errors, filtering); this file wires it to the gateway.
+ * A session belongs to the principal that opened it: another caller presenting its id is told it does not exist
+ * (mcp-sessions.ts: ownership, request ids in flight, stream counts). src/mcp/ holds the protocol layer (parsing,
+ * naming, errors, filtering); this file wires it to the gateway.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { ServerResponse } from 'node:http';
 import { PassThrough, Readable } from 'node:stream';
 import { Pool } from 'undici';
 import type { UpstreamConfig } from '../config/schema.js';
@@ -31,8 +33,11 @@ import {
   createMcpResponseRewriter,
   deniedResponse,
   filterListResponse,
+  filterListResult,
+  isJsonObject,
   isListMethod,
   jsonRpcError,
+  JSONRPC_INVALID_REQUEST,
   MAX_MCP_JSON_BYTES,
   McpMessageError,
   parseMcpBody,
@@ -56,13 +61,32 @@ import { agentResponseHeaders, upstreamRequestHeaders } from './forwarded-header
 import { rateLimited, type PrincipalLimiter, type SourceLimiter } from './limits.js';
 import { resolveMandate } from './mandate-binding.js';
 import { readBody } from './metering.js';
+import { McpSessions } from './mcp-sessions.js';
 import type { GatewayDeps } from './app.js';
 
 /** The largest MCP POST body the gateway reads (and the body limit, if smaller). */
 const MAX_MCP_BODY_BYTES = 4 << 20;
 const MAX_BATCH = 64;
-/** Sessions remembered per gateway (oldest forgotten first: its next use is answered as an unknown session). */
+/** Sessions remembered per server (least recently used forgotten first: its next use is answered as unknown). */
 const MAX_SESSIONS = 100_000;
+const MAX_SESSIONS_PER_PRINCIPAL = 64;
+/** A session unused for a day is forgotten (the client opens a new one when told its session does not exist). */
+const SESSION_IDLE_MS = 24 * 3600_000;
+/** Event streams (GET) open at once per principal; in all, the server's connection limit (they have their own pool). */
+const MAX_STREAMS_PER_PRINCIPAL = 4;
+/** A stream (a GET stream, or a POST answered as a stream) silent this long is ended; the client may open another. */
+const STREAM_IDLE_MS = 5 * 60_000;
+/** A GET stream is ended after this long whatever it carries, so none holds a connection for ever. */
+const STREAM_MAX_MS = 60 * 60_000;
+/** How often a GET stream's policy facts (grants, stops, limits) are read again for filtering what it carries. */
+const STREAM_FACTS_REFRESH_MS = 5_000;
+/**
+ * The most listed names one answer is judged for (each is one policy evaluation; repeats are remembered): a listing
+ * beyond it is cut to what was judged, so a huge listing cannot stall the gateway.
+ */
+const MAX_LISTING_EVALUATIONS = 2_000;
+/** Failures that mean the request never left the gateway: a tool call charged for it is given back. */
+const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
 const SESSION_ID = /^[\x21-\x7e]{1,256}$/;
 
 export interface McpRouteDeps {
@@ -99,36 +123,104 @@ export async function registerMcpRoutes(app: FastifyInstance, route: McpRouteDep
       scope.removeAllContentTypeParsers();
       scope.addContentTypeParser('*', (_request, payload, done) => done(null, payload));
       const server = new McpServerRoute(upstream, route);
-      scope.route({ method: ['POST', 'GET', 'DELETE'], url: `/mcp/${upstream.name}`, handler: (request, reply) => server.handle(request, reply) });
+      // No HEAD: Fastify would route it to the GET handler, and a HEAD is not an event stream.
+      scope.route({ method: ['POST', 'GET', 'DELETE'], url: `/mcp/${upstream.name}`, exposeHeadRoute: false, handler: (request, reply) => server.handle(request, reply) });
+      // Streams stay open for as long as their sessions live: they are ended when the gateway closes, not waited for.
+      scope.addHook('preClose', async () => server.endStreams());
       scope.addHook('onClose', async () => server.close());
     });
   }
 }
 
+/**
+ * The end of the agent's response (finished, or cut by the agent going away), seen from the start of the request:
+ * work registered later still runs if the end already came (a hang-up while a decision was being recorded).
+ */
+class ResponseEnd {
+  private ended = false;
+  private readonly callbacks: (() => void)[] = [];
+
+  constructor(private readonly raw: ServerResponse) {
+    if (raw.destroyed) this.ended = true;
+    else
+      raw.once('close', () => {
+        this.ended = true;
+        for (const callback of this.callbacks.splice(0)) callback();
+      });
+  }
+
+  get over(): boolean {
+    return this.ended;
+  }
+
+  /** The agent went away before its answer was complete. */
+  get cut(): boolean {
+    return this.ended && !this.raw.writableFinished;
+  }
+
+  then(callback: () => void): void {
+    if (this.ended) callback();
+    else this.callbacks.push(callback);
+  }
+}
+
+/** How one POST went upstream, for settling its priced calls. */
+interface Exchange {
+  end: ResponseEnd;
+  /** The request certainly never reached the server (it was not sent, or its connection failed). */
+  notSent: boolean;
+}
+
+const LISTING_FIELDS: readonly [field: string, method: ListMethod][] = [
+  ['tools', 'tools/list'],
+  ['prompts', 'prompts/list'],
+  ['resources', 'resources/list'],
+  ['resourceTemplates', 'resources/templates/list'],
+];
+
 class McpServerRoute {
   private readonly pool: Pool;
+  /** GET streams have a pool of their own: however many are open, requests still get a connection. */
+  private readonly streamPool: Pool;
   private readonly url: URL;
-  private readonly sessions = new Map<string, string>();
+  private readonly sessions: McpSessions;
   private readonly credential: { header: string; value: string } | null;
   private readonly maxBody: number;
+  /** Upstream answers being streamed to agents: ended when the gateway closes. */
+  private readonly live = new Set<Readable>();
 
   constructor(
     private readonly upstream: UpstreamConfig,
     private readonly route: McpRouteDeps,
   ) {
     this.url = new URL(upstream.url);
-    // Event streams stay open for as long as the session lives: no body timeout on them (headers still time out).
-    this.pool = new Pool(this.url.origin, { connections: upstream.maxConnections, headersTimeout: upstream.timeoutMs, bodyTimeout: 0 });
+    const options = { connections: upstream.maxConnections, headersTimeout: upstream.timeoutMs, bodyTimeout: STREAM_IDLE_MS };
+    this.pool = new Pool(this.url.origin, options);
+    this.streamPool = new Pool(this.url.origin, options);
+    this.sessions = new McpSessions({
+      maxSessions: MAX_SESSIONS,
+      maxSessionsPerPrincipal: MAX_SESSIONS_PER_PRINCIPAL,
+      idleMs: SESSION_IDLE_MS,
+      maxStreams: upstream.maxConnections,
+      maxStreamsPerPrincipal: MAX_STREAMS_PER_PRINCIPAL,
+    });
     const value = upstream.credentials ? process.env[upstream.credentials.valueEnv] : undefined;
     this.credential = upstream.credentials && value ? { header: upstream.credentials.header.toLowerCase(), value: `${upstream.credentials.prefix}${value}` } : null;
     this.maxBody = Math.min(MAX_MCP_BODY_BYTES, route.deps.config.gateway.bodyLimitBytes);
   }
 
-  close(): Promise<void> {
-    return this.pool.close();
+  endStreams(): void {
+    for (const body of this.live) body.destroy();
+    this.live.clear();
+  }
+
+  async close(): Promise<void> {
+    this.endStreams();
+    await Promise.all([this.pool.destroy(), this.streamPool.destroy()]);
   }
 
   async handle(request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const end = new ResponseEnd(reply.raw);
     if (this.route.isClosing()) throw new CaracalError('CARACAL_SHUTTING_DOWN');
     const state = request.caracal;
     state.upstream = this.upstream.name;
@@ -140,10 +232,14 @@ class McpServerRoute {
     const sessionHeader = request.headers['mcp-session-id'];
     let sessionId: string | null = null;
     if (sessionHeader !== undefined) {
-      if (typeof sessionHeader !== 'string' || !SESSION_ID.test(sessionHeader)) throw new CaracalError('CARACAL_BAD_REQUEST', 'mcp-session-id must be 1-256 visible ASCII characters', { reasons: ['mcp_session_invalid'] });
+      if (typeof sessionHeader !== 'string' || !SESSION_ID.test(sessionHeader)) {
+        await this.refused(request, caller, ['mcp_session_invalid'], 400);
+        throw new CaracalError('CARACAL_BAD_REQUEST', 'mcp-session-id must be 1-256 visible ASCII characters', { reasons: ['mcp_session_invalid'] });
+      }
       sessionId = sessionHeader;
-      // Someone else's session, or one this gateway never saw opened: it does not exist for this caller.
-      if (this.sessions.get(sessionId) !== caller.verified.principalId) {
+      // Someone else's session, or one this gateway never saw opened (or forgot): it does not exist for this caller.
+      if (this.sessions.owner(sessionId) !== caller.verified.principalId) {
+        await this.refused(request, caller, ['mcp_session_unknown'], 404);
         reply.code(404).header('content-type', 'application/json');
         return reply.send(jsonRpcError(null, -32001, 'Session not found'));
       }
@@ -161,37 +257,76 @@ class McpServerRoute {
       state.decisionId = judged.decisionId;
       reply.header('x-caracal-decision-id', judged.decisionId);
       if (!judged.allow) throw denied(judged);
-      return this.forward(request, reply, caller, null, { sessionId, listIds: new Map(), answers: [], batch: false, initialize: false });
+      let slot: { release: () => void } | null = null;
+      if (method === 'GET') {
+        const opened = this.sessions.openStream(caller.verified.principalId);
+        if ('refused' in opened) {
+          this.route.deps.metrics.limited.inc({ reason: opened.refused });
+          throw rateLimited(opened.refused, 5);
+        }
+        slot = opened;
+        end.then(opened.release);
+      }
+      try {
+        return await this.forward(request, reply, caller, null, { sessionId, listIds: new Map(), answers: [], batch: false, initialize: false, exchange: { end, notSent: false } });
+      } catch (err) {
+        slot?.release();
+        throw err;
+      }
     }
 
+    // The body flows only now that the caller is known: a client waiting on `Expect: 100-continue` is told to send it.
+    if (request.headers.expect?.toLowerCase() === '100-continue') reply.raw.writeContinue();
     const raw = request.body instanceof Readable ? await readBody(request.body, this.maxBody) : Buffer.alloc(0);
     let parsed;
     try {
       parsed = parseMcpBody(raw, { maxBytes: this.maxBody, maxBatch: MAX_BATCH, protocolVersion: protocolVersion ?? (sessionId ? null : ASSUMED_PROTOCOL_VERSION) });
     } catch (err) {
       if (err instanceof McpMessageError) {
-        reply.code(err.statusCode === 413 ? 413 : 400).header('content-type', 'application/json');
+        const status = err.statusCode === 413 ? 413 : 400;
+        await this.refused(request, caller, err.reasons, status);
+        reply.code(status).header('content-type', 'application/json');
         return reply.send(err.toJsonRpc());
       }
       throw err;
     }
     const answers: JsonRpcErrorResponse[] = [];
     const judged: Judged[] = [];
+    const malformed: string[][] = [];
+    // Request ids already in flight in this session are refused for this POST (see mcp-sessions.ts).
+    const ids = sessionId
+      ? this.sessions.claimIds(
+          sessionId,
+          parsed.entries.flatMap((e) => (e.ok && e.message.kind === 'request' ? [requestIdKey(e.message.id)] : [])),
+        )
+      : null;
+    if (ids) end.then(ids.release);
     for (const entry of parsed.entries) {
       if (!entry.ok) {
         answers.push(entry.error.toJsonRpc());
+        malformed.push(entry.error.reasons);
         continue;
       }
-      judged.push(this.decide(base, entry.message));
+      const message = entry.message;
+      if (ids && message.kind === 'request' && ids.taken.has(requestIdKey(message.id))) {
+        const reasons = ['mcp_id_in_flight'];
+        answers.push(jsonRpcError(message.id, JSONRPC_INVALID_REQUEST, `the id ${JSON.stringify(message.id)} is already used by a request in flight in this session`, { caracal: { error: 'CARACAL_BAD_REQUEST', reasons } }));
+        malformed.push(reasons);
+        continue;
+      }
+      judged.push(this.decide(base, message));
     }
-    for (const j of judged) if (j.allow && j.action.kind === 'tool') await this.charge(request, caller, j);
+    const exchange: Exchange = { end, notSent: false };
     try {
-      await this.record(request, caller, judged);
+      for (const j of judged) if (j.allow && j.action.kind === 'tool') await this.charge(request, caller, j);
+      await Promise.all([this.record(request, caller, judged), ...malformed.map((reasons) => this.refused(request, caller, reasons, 400))]);
     } catch (err) {
       this.refundAll(judged);
       throw err;
     }
-    this.meterOnClose(request, reply, caller, judged);
+    // The agent left while its messages were being decided: nothing will be sent, so nothing is charged.
+    if (end.over) exchange.notSent = true;
+    this.meterOnClose(request, reply, caller, judged, exchange);
     if (judged.length > 0) {
       state.decisionId = judged[0]!.decisionId;
       reply.header('x-caracal-decision-id', judged.map((j) => j.decisionId).join(', ').slice(0, 4096));
@@ -209,13 +344,18 @@ class McpServerRoute {
       }
     }
     if (forwarded.length === 0) {
-      // Nothing goes upstream: the gateway answers alone (202 when there is nothing to answer: notifications).
-      if (answers.length === 0) return reply.code(202).send();
+      exchange.notSent = true;
+      if (answers.length === 0) {
+        // Only notifications or responses, and none accepted: the protocol asks for an HTTP error, not 202.
+        const refused = judged.find((j) => !j.allow);
+        if (refused) throw denied(refused);
+        return reply.code(202).send();
+      }
       reply.code(200).header('content-type', 'application/json');
       return reply.send(parsed.batch ? answers : answers[0]);
     }
     const body = JSON.stringify(parsed.batch ? forwarded : forwarded[0]);
-    return this.forward(request, reply, caller, body, { sessionId, listIds, answers, batch: parsed.batch, initialize });
+    return this.forward(request, reply, caller, body, { sessionId, listIds, answers, batch: parsed.batch, initialize, exchange });
   }
 
   /** Authenticates the caller (a refused one is recorded and slowed like on /proxy) and takes its concurrency slot. */
@@ -317,19 +457,22 @@ class McpServerRoute {
     }
   }
 
-  /** When the answer is over: a priced call the upstream never answered is given back; each is metered. */
-  private meterOnClose(request: FastifyRequest, reply: FastifyReply, caller: Caller, judged: readonly Judged[]): void {
+  /**
+   * When the answer is over, each priced call is metered; one whose request certainly never reached the server is
+   * given back. A call the agent stopped waiting for is not: it may have run (the budget errs on the side of spend).
+   */
+  private meterOnClose(request: FastifyRequest, reply: FastifyReply, caller: Caller, judged: readonly Judged[], exchange: Exchange): void {
     const priced = judged.filter((j) => j.allow && j.price);
     if (priced.length === 0) return;
     const { deps } = this.route;
     const started = new Date();
-    reply.raw.once('close', () => {
+    exchange.end.then(() => {
       const answered = request.caracal.upstreamAnswered;
       const status = answered ? reply.statusCode : null;
-      const outcome = !answered || (status !== null && status >= 400) ? 'failed' : reply.raw.writableFinished ? 'completed' : 'aborted';
+      const outcome = exchange.notSent || (status !== null && status >= 400) ? 'failed' : answered && !exchange.end.cut ? 'completed' : 'aborted';
       for (const j of priced) {
         const { micros, call } = j.price!;
-        const cost = answered ? micros : 0;
+        const cost = exchange.notSent ? 0 : micros;
         if (call && cost < micros) deps.spend!.refund(call.lines, micros - cost).catch((err) => request.log.error({ err, decision_id: j.decisionId }, 'could not give back the charge of a call that never happened'));
         if (!deps.meteringTopic || j.action.kind !== 'tool') continue;
         try {
@@ -363,6 +506,13 @@ class McpServerRoute {
         }
       }
     });
+  }
+
+  /** Records a refusal that is not one message's decision (a bad session, a body refused whole); never throws. */
+  private refused(request: FastifyRequest, caller: Caller, reasons: readonly string[], status: number): Promise<void> {
+    return this.publish(request, caller.verified, { decisionId: newId(), resource: `mcp:${this.upstream.name}`, action: 'session', allow: false, reasons: [...reasons], status }).catch((err) =>
+      request.log.error({ err }, 'could not record a denial'),
+    );
   }
 
   /** Records every decision; an allow is forwarded only once its event is durable (no unrecorded action). */
@@ -420,15 +570,30 @@ class McpServerRoute {
     }
   }
 
-  /** Whether the caller may use a listed entry (a listing asks "with some arguments", so none are given). */
-  private listedAllowed(base: DecisionInput, method: ListMethod): (name: string) => boolean {
+  /**
+   * Whether the caller may use a listed entry (a listing asks "with some arguments", so none are given). Answers are
+   * remembered for the request; past MAX_LISTING_EVALUATIONS distinct names, the rest are left out (fail closed).
+   */
+  private listingJudge(request: FastifyRequest, base: DecisionInput): (method: ListMethod, name: string) => boolean {
     const server = this.upstream.name;
-    return (name) => {
+    const seen = new Map<string, boolean>();
+    let warned = false;
+    return (method, name) => {
+      const key = `${method}\n${name}`;
+      const known = seen.get(key);
+      if (known !== undefined) return known;
+      if (seen.size >= MAX_LISTING_EVALUATIONS) {
+        if (!warned) request.log.warn({ upstream: server, limit: MAX_LISTING_EVALUATIONS }, 'an MCP listing named more entries than the gateway judges in one answer; the rest are left out');
+        warned = true;
+        return false;
+      }
       const fact: RequestFact = { ...base.request, listing: true, mcp_method: method };
       if (method === 'tools/list') Object.assign(fact, { resource: toolResource(server, name), action: 'call', tool: name });
       else if (method === 'prompts/list') Object.assign(fact, { resource: promptResource(server, name), action: 'get', prompt: name });
       else Object.assign(fact, { resource: resourceResource(server, name), action: 'read', uri: name });
-      return this.evaluate({ ...base, request: fact }).allow;
+      const allow = this.evaluate({ ...base, request: fact }).allow;
+      seen.set(key, allow);
+      return allow;
     };
   }
 
@@ -437,8 +602,10 @@ class McpServerRoute {
     reply: FastifyReply,
     caller: Caller,
     body: string | null,
-    context: { sessionId: string | null; listIds: Map<string, ListMethod>; answers: JsonRpcErrorResponse[]; batch: boolean; initialize: boolean },
+    context: { sessionId: string | null; listIds: Map<string, ListMethod>; answers: JsonRpcErrorResponse[]; batch: boolean; initialize: boolean; exchange: Exchange },
   ): Promise<void> {
+    const { exchange } = context;
+    const stream = request.method === 'GET';
     const secrets: string[] = [];
     try {
       const bearer = agentCredential(request.headers);
@@ -450,71 +617,157 @@ class McpServerRoute {
     const headers = upstreamRequestHeaders(request.headers, { requestId: request.id, decisionId: request.caracal.decisionId!, agentSecrets: secrets, credential: this.credential });
     delete headers.host;
     delete headers['content-length'];
+    delete headers.expect;
+    // The gateway reads answers to filter them: they come uncompressed.
+    headers['accept-encoding'] = 'identity';
+    // Replaying a stream's past events is for the GET stream, where every event is filtered (below), not for a POST.
+    if (!stream) delete headers['last-event-id'];
     if (body !== null) headers['content-type'] = 'application/json';
+
     const abort = new AbortController();
-    request.raw.once('close', () => {
-      if (!reply.raw.writableFinished) abort.abort();
-    });
-    reply.raw.once('close', () => abort.abort());
+    exchange.end.then(() => abort.abort());
+    if (abort.signal.aborted) {
+      // The agent went away while its messages were being decided: nothing is sent (and no one reads this answer).
+      exchange.notSent = true;
+      throw new CaracalError('CARACAL_BAD_REQUEST', 'the agent closed the connection before its messages were sent', { reasons: ['client_closed'] });
+    }
+    // headersTimeout runs from when the request is written; this also covers the wait for a free connection.
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      abort.abort();
+    }, this.upstream.timeoutMs);
     let response;
     try {
-      response = await this.pool.request({ path: `${this.url.pathname}${this.url.search}`, method: request.method as 'POST' | 'GET' | 'DELETE', headers: headers as Record<string, string>, body: body ?? undefined, signal: abort.signal });
+      response = await (stream ? this.streamPool : this.pool).request({
+        path: `${this.url.pathname}${this.url.search}`,
+        method: request.method as 'POST' | 'GET' | 'DELETE',
+        headers: headers as Record<string, string>,
+        body: body ?? undefined,
+        signal: abort.signal,
+      });
     } catch (err) {
       const code = (err as { code?: string }).code;
-      if (code === 'UND_ERR_HEADERS_TIMEOUT') throw new CaracalError('CARACAL_UPSTREAM_TIMEOUT', undefined, { cause: err });
+      if (code && NOT_SENT_CODES.has(code)) exchange.notSent = true;
+      if (timedOut || code === 'UND_ERR_HEADERS_TIMEOUT') throw new CaracalError('CARACAL_UPSTREAM_TIMEOUT', undefined, { cause: err });
       throw new CaracalError('CARACAL_UPSTREAM_UNREACHABLE', undefined, { cause: err });
+    } finally {
+      clearTimeout(timer);
     }
     request.caracal.upstreamAnswered = true;
+    const upstreamBody = response.body;
+    this.live.add(upstreamBody);
+    upstreamBody.once('close', () => this.live.delete(upstreamBody));
+    exchange.end.then(() => upstreamBody.destroy());
+    if (stream) {
+      const lifetime = setTimeout(() => upstreamBody.destroy(), STREAM_MAX_MS);
+      lifetime.unref();
+      upstreamBody.once('close', () => clearTimeout(lifetime));
+    }
+
     const session = response.headers['mcp-session-id'];
-    if (context.initialize && typeof session === 'string' && SESSION_ID.test(session) && response.statusCode < 300) this.bindSession(session, caller.verified.principalId);
-    if (request.method === 'DELETE' && context.sessionId && response.statusCode < 300) this.sessions.delete(context.sessionId);
+    if (context.initialize && typeof session === 'string' && SESSION_ID.test(session) && response.statusCode < 300) this.sessions.bind(session, caller.verified.principalId);
+    if (request.method === 'DELETE' && context.sessionId && response.statusCode < 300) this.sessions.forget(context.sessionId);
 
     const outHeaders = agentResponseHeaders(response.headers as Record<string, string | string[] | undefined>);
     delete outHeaders['content-length'];
     reply.code(response.statusCode);
     for (const [name, value] of Object.entries(outHeaders)) if (value !== undefined) reply.header(name, value);
     const type = String(response.headers['content-type'] ?? '').split(';', 1)[0]!.trim().toLowerCase();
-    const base = context.listIds.size > 0 ? await this.baseInput(request, caller) : null;
+    const encoding = String(response.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+    const failed = response.statusCode >= 400;
+    // A GET stream may replay events of any stream of the session: every listing-shaped answer on it is filtered.
+    const filtering = context.listIds.size > 0 || stream;
+    const mustRead = filtering || context.answers.length > 0;
+    if (mustRead && !failed && encoding !== 'identity') {
+      upstreamBody.destroy();
+      throw upstreamMalformed(`the MCP server's answer is ${encoding}-encoded though the gateway asked for none`);
+    }
+    let judge = filtering ? this.listingJudge(request, await this.baseInput(request, caller)) : null;
+    if (stream && judge) {
+      // A GET stream lives for up to an hour: what it filters follows the caller's grants, stops and limits as they
+      // change (and the judged names are forgotten with them).
+      const refresh = setInterval(() => {
+        this.baseInput(request, caller).then(
+          (base) => (judge = this.listingJudge(request, base)),
+          (err: unknown) => request.log.warn({ err }, 'could not refresh the facts of an MCP event stream; the old ones stay'),
+        );
+      }, STREAM_FACTS_REFRESH_MS);
+      refresh.unref();
+      upstreamBody.once('close', () => clearInterval(refresh));
+    }
     const rewrite = (message: JsonObject): JsonObject | null => {
+      const current = judge;
+      if (!current) return message;
       const id = message.id;
-      const method = (typeof id === 'string' || typeof id === 'number') && base ? context.listIds.get(requestIdKey(id)) : undefined;
-      return method ? filterListResponse(method, message, this.listedAllowed(base!, method)) : message;
+      const method = typeof id === 'string' || typeof id === 'number' ? context.listIds.get(requestIdKey(id)) : undefined;
+      if (method) return filterListResponse(method, message, (name) => current(method, name));
+      return stream ? filterListingShapes(message, current) : message;
     };
 
     if (type === 'text/event-stream') {
       const out = new PassThrough();
       // The gateway's own answers first, as events of the same stream.
       for (const answer of context.answers) out.write(`event: message\ndata: ${JSON.stringify(answer)}\n\n`);
-      if (context.listIds.size === 0) response.body.pipe(out);
-      else response.body.pipe(createMcpResponseRewriter({ rewrite })).pipe(out);
-      response.body.on('error', (err) => out.destroy(err));
+      (filtering ? upstreamBody.pipe(createMcpResponseRewriter({ rewrite })) : upstreamBody).pipe(out);
+      // A GET stream that fails or goes silent ends cleanly (the client opens another); a POST's stream that fails is
+      // cut, so the client learns at once that its answers will not come. One the gateway ends (its lifetime, shutdown)
+      // is ended cleanly.
+      upstreamBody.on('error', (err) => (stream ? out.end() : out.destroy(err)));
+      upstreamBody.once('close', () => {
+        if (!upstreamBody.readableEnded && !out.destroyed && !out.writableEnded) out.end();
+      });
       return reply.send(out);
     }
-    if (type === 'application/json' && (context.listIds.size > 0 || context.answers.length > 0)) {
+    if (failed) return reply.send(upstreamBody); // the server's own error, as it sent it
+    if (type === 'application/json' && mustRead) {
       // Read to be filtered or joined with the gateway's own answers: bounded, a bigger answer is the upstream's fault.
-      const raw = await readBody(response.body, MAX_MCP_JSON_BYTES).catch((err: unknown) => {
-        throw new CaracalError('CARACAL_UPSTREAM_UNREACHABLE', `the MCP server's answer could not be read (${err instanceof CaracalError ? 'larger than the gateway reads' : 'cut off'})`, { reasons: ['mcp_upstream_malformed'] });
+      const raw = await readBody(upstreamBody, MAX_MCP_JSON_BYTES).catch((err: unknown) => {
+        throw upstreamMalformed(`the MCP server's answer could not be read (${err instanceof CaracalError ? 'larger than the gateway reads' : 'cut off'})`);
       });
-      const rewritten = context.listIds.size > 0 ? rewriteJsonBody(raw, rewrite) : raw;
-      if (rewritten === null) throw new CaracalError('CARACAL_UPSTREAM_UNREACHABLE', 'the MCP server answered with JSON the gateway cannot read', { reasons: ['mcp_upstream_malformed'] });
+      // Read as JSON-RPC even when nothing is filtered: what is joined with the gateway's answers must be messages.
+      const rewritten = rewriteJsonBody(raw, rewrite);
+      if (rewritten === null) throw upstreamMalformed("the MCP server's answer held no message the gateway could pass on");
       if (context.answers.length === 0) return reply.send(rewritten);
       const upstreamAnswer: unknown = JSON.parse(rewritten.toString('utf8'));
       const all = [...(Array.isArray(upstreamAnswer) ? upstreamAnswer : [upstreamAnswer]), ...context.answers];
       return reply.send(JSON.stringify(context.batch ? all : all[0]));
     }
-    if (context.answers.length > 0 && (response.statusCode === 202 || response.statusCode === 204)) {
+    if (response.statusCode === 202 || response.statusCode === 204) {
+      await upstreamBody.dump();
+      if (context.answers.length === 0) return reply.send();
       // The upstream had nothing to say (notifications went up); the gateway still answers the denied requests.
-      await response.body.dump();
       reply.code(200).header('content-type', 'application/json');
       return reply.send(JSON.stringify(context.batch ? context.answers : context.answers[0]));
     }
-    return reply.send(response.body);
+    if (mustRead) {
+      // An answer the gateway cannot read while it must filter it or add its own: refused rather than passed on.
+      upstreamBody.destroy();
+      throw upstreamMalformed(`the MCP server answered with ${type || 'no content type'}, not JSON or an event stream`);
+    }
+    return reply.send(upstreamBody);
   }
+}
 
-  private bindSession(sessionId: string, principalId: string): void {
-    if (this.sessions.size >= MAX_SESSIONS) this.sessions.delete(this.sessions.keys().next().value!);
-    this.sessions.set(sessionId, principalId);
+/**
+ * Listings found by their shape rather than by the request they answer (on the GET stream, which may replay answers
+ * to any request of the session): every result member named like a listing's list is filtered as that listing.
+ */
+function filterListingShapes(message: JsonObject, judge: (method: ListMethod, name: string) => boolean): JsonObject {
+  const result = message.result;
+  if (!isJsonObject(result)) return message;
+  let filtered: JsonObject = result;
+  for (const [field, method] of LISTING_FIELDS) {
+    if (!Object.prototype.hasOwnProperty.call(result, field)) continue;
+    const list = filterListResult(method, filtered, (name) => judge(method, name));
+    filtered = list;
   }
+  return filtered === result ? message : { ...message, result: filtered };
+}
+
+function upstreamMalformed(message: string): CaracalError {
+  // The same reason as the protocol layer's refusals of an answer (src/mcp/rewriter.ts): one name for "unreadable".
+  return new CaracalError('CARACAL_UPSTREAM_UNREACHABLE', message, { reasons: ['mcp_upstream_answer_invalid'] });
 }
 
 function denied(judged: Judged): CaracalError {
