@@ -41,8 +41,15 @@ export const UpstreamSchema = z
      * after. Without a price table calls are free and no budget binds them.
      */
     pricing: PricingSchema.optional(),
+    /**
+     * MCP upstreams only: decision events carry the argument values of tool calls and prompts (up to 16 KiB of JSON;
+     * larger ones the digest only) next to their digest. Off by default: arguments can hold secrets
+     * and personal data, and events are kept for good.
+     */
+    recordArguments: z.boolean().default(false),
   })
-  .strict();
+  .strict()
+  .refine((upstream) => !upstream.recordArguments || upstream.dialect === 'mcp', { message: 'recordArguments is only for upstreams of dialect mcp', path: ['recordArguments'] });
 
 /** A token bucket: `ratePerSecond` refills, `burst` is the bucket's size. */
 const RateLimitSchema = z

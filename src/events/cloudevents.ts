@@ -29,6 +29,8 @@ export const DecisionDataSchema = z
         method: z.string().min(1).max(256),
         name: z.string().max(2048).optional(),
         argument_digest: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+        /** The argument values themselves, only where the upstream is configured to record them (recordArguments). */
+        arguments: z.record(z.string(), z.unknown()).optional(),
       })
       .strict()
       .optional(),

@@ -87,6 +87,8 @@ const STREAM_FACTS_REFRESH_MS = 5_000;
 const MAX_LISTING_EVALUATIONS = 2_000;
 /** Failures that mean the request never left the gateway: a tool call charged for it is given back. */
 const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
+/** The largest arguments (JSON bytes) a decision event carries where an upstream records them; larger: the digest only. */
+const MAX_RECORDED_ARGUMENT_BYTES = 16 << 10;
 const SESSION_ID = /^[\x21-\x7e]{1,256}$/;
 
 export interface McpRouteDeps {
@@ -508,6 +510,12 @@ class McpServerRoute {
     });
   }
 
+  /** The argument values for a decision event, where this upstream records them and they are small enough. */
+  private recordedArguments(args: JsonObject): { arguments?: JsonObject } {
+    if (!this.upstream.recordArguments) return {};
+    return Buffer.byteLength(JSON.stringify(args), 'utf8') <= MAX_RECORDED_ARGUMENT_BYTES ? { arguments: args } : {};
+  }
+
   /** Records a refusal that is not one message's decision (a bad session, a body refused whole); never throws. */
   private refused(request: FastifyRequest, caller: Caller, reasons: readonly string[], status: number): Promise<void> {
     return this.publish(request, caller.verified, { decisionId: newId(), resource: `mcp:${this.upstream.name}`, action: 'session', allow: false, reasons: [...reasons], status }).catch((err) =>
@@ -521,8 +529,8 @@ class McpServerRoute {
       judged.map((j) => {
         const action = j.action;
         const mcp: NonNullable<DecisionData['mcp']> = { method: j.message.kind === 'response' ? 'response' : j.message.method };
-        if (action.kind === 'tool') Object.assign(mcp, { name: action.tool, argument_digest: argumentDigest(action.arguments) });
-        else if (action.kind === 'prompt') Object.assign(mcp, { name: action.prompt, argument_digest: argumentDigest(action.arguments) });
+        if (action.kind === 'tool') Object.assign(mcp, { name: action.tool, argument_digest: argumentDigest(action.arguments) }, this.recordedArguments(action.arguments));
+        else if (action.kind === 'prompt') Object.assign(mcp, { name: action.prompt, argument_digest: argumentDigest(action.arguments) }, this.recordedArguments(action.arguments));
         else if (action.kind === 'resource') mcp.name = action.uri;
         return this.publish(request, caller.verified, {
           decisionId: j.decisionId,

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { POLICIES_DIR } from '../../src/paths.js';
 import { buildBundle } from '../../src/policy/bundle.js';
+import { argumentDigest } from '../../src/mcp/messages.js';
 import type { DecisionData, MeteringData } from '../../src/events/cloudevents.js';
 import type { IssuedMandate } from '../../src/authority/tokens/mandates.js';
 import { createHarness, readDecisions, readTopic, type ExtraUpstream, type Harness } from '../helpers/gateway-harness.js';
@@ -52,6 +53,8 @@ beforeAll(async () => {
         credentials: { header: 'authorization', valueEnv: KEY_ENV, prefix: 'Bearer ' },
         pricing: { currency: 'USD', perRequest: '0.001', tools: { read_file: '0.01' } } as unknown as NonNullable<ExtraUpstream['pricing']>,
       },
+      // The same server, its argument values recorded in the decision events (off unless configured).
+      { name: 'code-recorded', url: server.url, dialect: 'mcp', credentials: { header: 'authorization', valueEnv: KEY_ENV, prefix: 'Bearer ' }, recordArguments: true },
     ],
   });
   await h.assembled.gateway.app.listen({ host: '127.0.0.1', port: 0 });
@@ -71,7 +74,7 @@ afterAll(async () => {
 
 async function registerCoder(): Promise<string> {
   const id = await h.registerAgent();
-  await h.op('policy.create', { principalId: id, resources: ['mcp:code/*', 'mcp:code-paid/*'], actions: ['call', 'read', 'get'], maxValiditySeconds: 3600 });
+  await h.op('policy.create', { principalId: id, resources: ['mcp:code/*', 'mcp:code-paid/*', 'mcp:code-recorded/*'], actions: ['call', 'read', 'get'], maxValiditySeconds: 3600 });
   await h.op('allowlist.create', { principalId: id, pattern: `${server.origin}/**`, patternType: 'glob' });
   return id;
 }
@@ -181,6 +184,28 @@ describe('the MCP gateway with the official SDK client and server', () => {
       body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }),
     });
     expect(after.status).toBe(404);
+  }, 60_000);
+});
+
+describe('argument values in decision events', () => {
+  it('records them only where the upstream is configured to, next to the digest', async () => {
+    const { client } = await connect(token, 'code-recorded');
+    await client.callTool({ name: 'read_file', arguments: { path: '/public/recorded.md' } });
+    const { client: quiet } = await connect(token, 'code');
+    await quiet.callTool({ name: 'read_file', arguments: { path: '/public/unrecorded.md' } });
+    const quietDigest = argumentDigest({ path: '/public/unrecorded.md' });
+    const find = (all: unknown[]) => ({
+      recorded: (all as DecisionData[]).find((d) => d.upstream === 'code-recorded' && d.mcp?.name === 'read_file'),
+      plain: (all as DecisionData[]).find((d) => d.upstream === 'code' && d.mcp?.argument_digest === quietDigest),
+    });
+    const decisions = await readDecisions(await h.ctx.events(), h.ctx.topics.decisions, (all) => {
+      const found = find(all);
+      return found.recorded !== undefined && found.plain !== undefined;
+    });
+    const { recorded, plain } = find(decisions);
+    expect(recorded!.mcp).toMatchObject({ method: 'tools/call', arguments: { path: '/public/recorded.md' }, argument_digest: argumentDigest({ path: '/public/recorded.md' }) });
+    // Elsewhere the digest only: the same call on the plain upstream carries no values.
+    expect(plain!.mcp).toEqual({ method: 'tools/call', name: 'read_file', argument_digest: quietDigest });
   }, 60_000);
 });
 

@@ -78,6 +78,13 @@ describe('config', () => {
     expect(problemOf(() => loadConfig({ env: {}, configPath: yamlFile('gateway:\n  upstreams:\n    - name: a\n      url: http://x\n      credentials: {header: x-api-key, value: sk-123}\n') }))).toMatch(/credentials.*(valueEnv|unknown key)/);
   });
 
+  it('records MCP argument values only where asked, and only for MCP upstreams', () => {
+    const mcp = loadConfig({ env: {}, configPath: yamlFile('gateway:\n  upstreams:\n    - name: code\n      url: http://127.0.0.1:9/mcp\n      dialect: mcp\n      recordArguments: true\n    - name: quiet\n      url: http://127.0.0.1:9/mcp\n      dialect: mcp\n') });
+    expect(mcp.gateway.upstreams.map((u) => u.recordArguments)).toEqual([true, false]);
+    expect(problemOf(() => loadConfig({ env: {}, configPath: yamlFile('gateway:\n  upstreams:\n    - name: api\n      url: http://x\n      recordArguments: true\n') }))).toMatch(/gateway\.upstreams\.0\.recordArguments.*only for upstreams of dialect mcp/s);
+    expect(problemOf(() => loadConfig({ env: {}, configPath: yamlFile('gateway:\n  upstreams:\n    - name: code\n      url: http://x\n      dialect: mcp\n      recordArguments: "yes"\n') }))).toMatch(/gateway\.upstreams\.0\.recordArguments/);
+  });
+
   it('has ledger defaults and reads the ledger keys from the environment', () => {
     const defaults = loadConfig({ env: {}, cwd: tmpdir() });
     expect(defaults.ledger).toEqual({ origin: 'caracal.local/ledger', batchMaxEvents: 1000, batchMaxMs: 1000, freezeOnVerificationFailure: true, serveTiles: false });
