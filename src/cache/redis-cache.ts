@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { CaracalError } from '../errors/catalog.js';
 import type { Cache } from './cache.js';
@@ -42,6 +43,8 @@ export class RedisCache implements Cache {
   private readonly redis: Redis;
   private connecting?: Promise<void>;
   private closed = false;
+  /** SHA-1 of each Lua script run, by its source. */
+  private readonly scriptShas = new Map<string, string>();
   /** The last connection error, for readiness reports. */
   lastError?: Error;
 
@@ -116,16 +119,26 @@ export class RedisCache implements Cache {
   }
 
   /**
-   * Runs a Lua script atomically (EVALSHA, loading it on first use). `keys` get the key prefix like every other key;
-   * keys a script derives from them keep it too. For the few places where several keys must change together
-   * (src/metering/redis-spend-counters.ts); everything else uses the methods above.
+   * Runs a Lua script atomically (EVALSHA, and EVAL when Redis does not have it yet, which also loads it). `keys` get
+   * the key prefix like every other key; keys a script derives from them keep it too. For the few places where several
+   * keys must change together (src/metering/redis-spend-counters.ts); everything else uses the methods above.
+   *
+   * Plain EVALSHA/EVAL rather than ioredis' defineCommand: a command defined while an automatic pipeline is pending is
+   * missing from that pipeline, and calling it there breaks ioredis' bookkeeping — an uncaught TypeError ("results[i]
+   * is not iterable") that ends the process. Built-in commands are in every pipeline.
    */
-  evalScript(name: string, lua: string, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+  async evalScript(name: string, lua: string, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    let sha = this.scriptShas.get(lua);
+    if (sha === undefined) this.scriptShas.set(lua, (sha = createHash('sha1').update(lua, 'utf8').digest('hex')));
+    const digest = sha;
     return this.run(name, async () => {
-      const command = `caracal_${name}`;
-      const client = this.redis as unknown as Record<string, (...values: (string | number)[]) => Promise<unknown>>;
-      if (typeof client[command] !== 'function') this.redis.defineCommand(command, { lua });
-      return client[command]!.call(this.redis, keys.length, ...keys, ...args);
+      try {
+        return await this.redis.evalsha(digest, keys.length, ...keys, ...args);
+      } catch (err) {
+        // NOSCRIPT: the script did not run (a fresh or flushed Redis), so running it in full is not a second run.
+        if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+        return this.redis.eval(lua, keys.length, ...keys, ...args);
+      }
     });
   }
 
