@@ -61,7 +61,7 @@ import { agentResponseHeaders, upstreamRequestHeaders } from './forwarded-header
 import { rateLimited, type PrincipalLimiter, type SourceLimiter } from './limits.js';
 import { resolveMandate } from './mandate-binding.js';
 import { readBody } from './metering.js';
-import { McpSessions } from './mcp-sessions.js';
+import { McpSessions, RequestSlots } from './mcp-sessions.js';
 import type { GatewayDeps } from './app.js';
 
 /** The largest MCP POST body the gateway reads (and the body limit, if smaller). */
@@ -86,7 +86,12 @@ const STREAM_FACTS_REFRESH_MS = 5_000;
  */
 const MAX_LISTING_EVALUATIONS = 2_000;
 /** Failures that mean the request never left the gateway: a tool call charged for it is given back. */
-const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
+const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_DESTROYED', 'UND_ERR_CLOSED']);
+/**
+ * What could be a listing in an answer: a member named like a listing's list, or a \u escape (which could spell one).
+ * An event or body without it is passed on unparsed; one with it is parsed and filtered by shape.
+ */
+const LISTING_HINT = /"(?:tools|prompts|resources|resourceTemplates)"|\\u/;
 /** The largest arguments (JSON bytes) a decision event carries where an upstream records them; larger: the digest only. */
 const MAX_RECORDED_ARGUMENT_BYTES = 16 << 10;
 const SESSION_ID = /^[\x21-\x7e]{1,256}$/;
@@ -171,6 +176,15 @@ interface Exchange {
   end: ResponseEnd;
   /** The request certainly never reached the server (it was not sent, or its connection failed). */
   notSent: boolean;
+  /** Settles once it is known whether the request left (the upstream answered, failed, or it was never sent). */
+  settled: Promise<void>;
+  settle: () => void;
+}
+
+function newExchange(end: ResponseEnd): Exchange {
+  let settle!: () => void;
+  const settled = new Promise<void>((resolve) => (settle = resolve));
+  return { end, notSent: false, settled, settle };
 }
 
 const LISTING_FIELDS: readonly [field: string, method: ListMethod][] = [
@@ -186,6 +200,8 @@ class McpServerRoute {
   private readonly streamPool: Pool;
   private readonly url: URL;
   private readonly sessions: McpSessions;
+  /** Connections for requests (POST, DELETE): see RequestSlots. */
+  private readonly slots: RequestSlots;
   private readonly credential: { header: string; value: string } | null;
   private readonly maxBody: number;
   /** Upstream answers being streamed to agents: ended when the gateway closes. */
@@ -199,6 +215,8 @@ class McpServerRoute {
     const options = { connections: upstream.maxConnections, headersTimeout: upstream.timeoutMs, bodyTimeout: STREAM_IDLE_MS };
     this.pool = new Pool(this.url.origin, options);
     this.streamPool = new Pool(this.url.origin, options);
+    // A principal may hold a quarter of the connections while its answers stream back; the others keep the rest.
+    this.slots = new RequestSlots(upstream.maxConnections, Math.max(1, Math.floor(upstream.maxConnections / 4)));
     this.sessions = new McpSessions({
       maxSessions: MAX_SESSIONS,
       maxSessionsPerPrincipal: MAX_SESSIONS_PER_PRINCIPAL,
@@ -255,22 +273,25 @@ class McpServerRoute {
       const action: McpAction = { kind: 'session', resource: `mcp:${this.upstream.name}`, action: 'session', method };
       const decision = this.evaluate({ ...base, request: { ...base.request, mcp_method: method } });
       const judged: Judged = { message: { kind: 'notification', method, params: undefined, json: {} }, action, decisionId: newId(), allow: decision.allow, reasons: decision.reasons };
-      await this.record(request, caller, [judged]);
+      // A stream beyond the caller's share is refused, and recorded as such (not as the allow the policy gave).
+      const opened = method === 'GET' && judged.allow ? this.sessions.openStream(caller.verified.principalId) : null;
+      if (opened && 'refused' in opened) {
+        judged.allow = false;
+        judged.reasons = [opened.refused];
+      }
+      await this.record(request, caller, [judged], opened && 'refused' in opened ? 429 : undefined);
       state.decisionId = judged.decisionId;
       reply.header('x-caracal-decision-id', judged.decisionId);
-      if (!judged.allow) throw denied(judged);
-      let slot: { release: () => void } | null = null;
-      if (method === 'GET') {
-        const opened = this.sessions.openStream(caller.verified.principalId);
-        if ('refused' in opened) {
-          this.route.deps.metrics.limited.inc({ reason: opened.refused });
-          throw rateLimited(opened.refused, 5);
-        }
-        slot = opened;
-        end.then(opened.release);
+      if (opened && 'refused' in opened) {
+        this.route.deps.metrics.limited.inc({ reason: opened.refused });
+        throw rateLimited(opened.refused, 5);
       }
+      if (!judged.allow) throw denied(judged);
+      const slot = opened && 'release' in opened ? opened : null;
+      if (slot) end.then(slot.release);
+      const exchange = newExchange(end);
       try {
-        return await this.forward(request, reply, caller, null, { sessionId, listIds: new Map(), answers: [], batch: false, initialize: false, exchange: { end, notSent: false } });
+        return await this.forward(request, reply, caller, null, { base, sessionId, listIds: new Map(), answers: [], batch: false, initialize: false, exchange });
       } catch (err) {
         slot?.release();
         throw err;
@@ -279,7 +300,14 @@ class McpServerRoute {
 
     // The body flows only now that the caller is known: a client waiting on `Expect: 100-continue` is told to send it.
     if (request.headers.expect?.toLowerCase() === '100-continue') reply.raw.writeContinue();
-    const raw = request.body instanceof Readable ? await readBody(request.body, this.maxBody) : Buffer.alloc(0);
+    let raw: Buffer;
+    try {
+      raw = request.body instanceof Readable ? await readBody(request.body, this.maxBody) : Buffer.alloc(0);
+    } catch (err) {
+      // A body over the limit without a declared length, or one that broke off: refused, and recorded as refused.
+      await this.refused(request, caller, err instanceof CaracalError ? err.reasons : ['body_unreadable'], err instanceof CaracalError ? err.statusCode : 400);
+      throw err;
+    }
     let parsed;
     try {
       parsed = parseMcpBody(raw, { maxBytes: this.maxBody, maxBatch: MAX_BATCH, protocolVersion: protocolVersion ?? (sessionId ? null : ASSUMED_PROTOCOL_VERSION) });
@@ -318,7 +346,7 @@ class McpServerRoute {
       }
       judged.push(this.decide(base, message));
     }
-    const exchange: Exchange = { end, notSent: false };
+    const exchange = newExchange(end);
     try {
       for (const j of judged) if (j.allow && j.action.kind === 'tool') await this.charge(request, caller, j);
       await Promise.all([this.record(request, caller, judged), ...malformed.map((reasons) => this.refused(request, caller, reasons, 400))]);
@@ -347,6 +375,7 @@ class McpServerRoute {
     }
     if (forwarded.length === 0) {
       exchange.notSent = true;
+      exchange.settle();
       if (answers.length === 0) {
         // Only notifications or responses, and none accepted: the protocol asks for an HTTP error, not 202.
         const refused = judged.find((j) => !j.allow);
@@ -357,7 +386,11 @@ class McpServerRoute {
       return reply.send(parsed.batch ? answers : answers[0]);
     }
     const body = JSON.stringify(parsed.batch ? forwarded : forwarded[0]);
-    return this.forward(request, reply, caller, body, { sessionId, listIds, answers, batch: parsed.batch, initialize, exchange });
+    try {
+      return await this.forward(request, reply, caller, body, { base, sessionId, listIds, answers, batch: parsed.batch, initialize, exchange });
+    } finally {
+      exchange.settle();
+    }
   }
 
   /** Authenticates the caller (a refused one is recorded and slowed like on /proxy) and takes its concurrency slot. */
@@ -428,7 +461,8 @@ class McpServerRoute {
     const pricing = this.upstream.pricing;
     const { deps } = this.route;
     if (!pricing || j.action.kind !== 'tool') return;
-    const micros = pricing.tools[j.action.tool] ?? pricing.perRequest ?? 0;
+    // Own members only: a tool named `constructor` or `toString` has no price of its own.
+    const micros = (Object.hasOwn(pricing.tools, j.action.tool) ? pricing.tools[j.action.tool] : undefined) ?? pricing.perRequest ?? 0;
     if (micros === 0) return;
     j.price = { micros, call: null };
     if (!deps.spend) return;
@@ -468,7 +502,9 @@ class McpServerRoute {
     if (priced.length === 0) return;
     const { deps } = this.route;
     const started = new Date();
-    exchange.end.then(() => {
+    // Settled once the agent's answer is over and it is known whether the request left (in either order).
+    exchange.end.then(() => void exchange.settled.then(() => settle()));
+    const settle = () => {
       const answered = request.caracal.upstreamAnswered;
       const status = answered ? reply.statusCode : null;
       const outcome = exchange.notSent || (status !== null && status >= 400) ? 'failed' : answered && !exchange.end.cut ? 'completed' : 'aborted';
@@ -507,7 +543,7 @@ class McpServerRoute {
           request.log.error({ err, decision_id: j.decisionId }, 'could not build a metering event');
         }
       }
-    });
+    };
   }
 
   /** The argument values for a decision event, where this upstream records them and they are small enough. */
@@ -524,7 +560,7 @@ class McpServerRoute {
   }
 
   /** Records every decision; an allow is forwarded only once its event is durable (no unrecorded action). */
-  private async record(request: FastifyRequest, caller: Caller, judged: readonly Judged[]): Promise<void> {
+  private async record(request: FastifyRequest, caller: Caller, judged: readonly Judged[], deniedStatus = 403): Promise<void> {
     const results = await Promise.allSettled(
       judged.map((j) => {
         const action = j.action;
@@ -538,7 +574,7 @@ class McpServerRoute {
           action: action.kind === 'tool' || action.kind === 'resource' || action.kind === 'prompt' ? action.action : 'session',
           allow: j.allow,
           reasons: j.reasons,
-          status: j.allow ? 200 : 403,
+          status: j.allow ? 200 : deniedStatus,
           mcp,
         });
       }),
@@ -610,7 +646,7 @@ class McpServerRoute {
     reply: FastifyReply,
     caller: Caller,
     body: string | null,
-    context: { sessionId: string | null; listIds: Map<string, ListMethod>; answers: JsonRpcErrorResponse[]; batch: boolean; initialize: boolean; exchange: Exchange },
+    context: { base: DecisionInput; sessionId: string | null; listIds: Map<string, ListMethod>; answers: JsonRpcErrorResponse[]; batch: boolean; initialize: boolean; exchange: Exchange },
   ): Promise<void> {
     const { exchange } = context;
     const stream = request.method === 'GET';
@@ -639,7 +675,28 @@ class McpServerRoute {
       exchange.notSent = true;
       throw new CaracalError('CARACAL_BAD_REQUEST', 'the agent closed the connection before its messages were sent', { reasons: ['client_closed'] });
     }
-    // headersTimeout runs from when the request is written; this also covers the wait for a free connection.
+    // A request (not a GET stream, which has its slot already) waits here for a connection, not inside the pool: until
+    // it has one it has certainly not left, and a principal at its share is refused at once.
+    let slot: { release: () => void } | null = null;
+    if (!stream) {
+      const got = await this.slots.acquire(caller.verified.principalId, this.upstream.timeoutMs, (cancel) => exchange.end.then(cancel));
+      if (typeof got === 'string') {
+        exchange.notSent = true;
+        if (got === 'mcp_connections_per_principal') {
+          this.route.deps.metrics.limited.inc({ reason: got });
+          throw rateLimited(got, 1);
+        }
+        if (got === 'mcp_upstream_busy') throw new CaracalError('CARACAL_UPSTREAM_TIMEOUT', 'no connection to the MCP server came free in time', { reasons: [got] });
+        throw new CaracalError('CARACAL_BAD_REQUEST', 'the agent closed the connection before its messages were sent', { reasons: [got] });
+      }
+      slot = got;
+      if (abort.signal.aborted) {
+        slot.release();
+        exchange.notSent = true;
+        throw new CaracalError('CARACAL_BAD_REQUEST', 'the agent closed the connection before its messages were sent', { reasons: ['client_closed'] });
+      }
+    }
+    // headersTimeout runs from when the request is written; the pool never queues (slots), so this is the same bound.
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -655,15 +712,18 @@ class McpServerRoute {
         signal: abort.signal,
       });
     } catch (err) {
+      slot?.release();
       const code = (err as { code?: string }).code;
       if (code && NOT_SENT_CODES.has(code)) exchange.notSent = true;
       if (timedOut || code === 'UND_ERR_HEADERS_TIMEOUT') throw new CaracalError('CARACAL_UPSTREAM_TIMEOUT', undefined, { cause: err });
       throw new CaracalError('CARACAL_UPSTREAM_UNREACHABLE', undefined, { cause: err });
     } finally {
       clearTimeout(timer);
+      exchange.settle();
     }
     request.caracal.upstreamAnswered = true;
     const upstreamBody = response.body;
+    if (slot) upstreamBody.once('close', slot.release);
     this.live.add(upstreamBody);
     upstreamBody.once('close', () => this.live.delete(upstreamBody));
     exchange.end.then(() => upstreamBody.destroy());
@@ -684,15 +744,15 @@ class McpServerRoute {
     const type = String(response.headers['content-type'] ?? '').split(';', 1)[0]!.trim().toLowerCase();
     const encoding = String(response.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
     const failed = response.statusCode >= 400;
-    // A GET stream may replay events of any stream of the session: every listing-shaped answer on it is filtered.
-    const filtering = context.listIds.size > 0 || stream;
-    const mustRead = filtering || context.answers.length > 0;
-    if (mustRead && !failed && encoding !== 'identity') {
+    // Every listing-shaped answer is filtered, whatever request it claims to answer: a GET stream may replay events of
+    // any stream of the session, and a server routes answers by id, so one to a listing asked on a POST the agent left
+    // can come back on a later POST that reused the id. Pending listing ids are filtered as their method says.
+    if (!failed && encoding !== 'identity') {
       upstreamBody.destroy();
       throw upstreamMalformed(`the MCP server's answer is ${encoding}-encoded though the gateway asked for none`);
     }
-    let judge = filtering ? this.listingJudge(request, await this.baseInput(request, caller)) : null;
-    if (stream && judge) {
+    let judge = this.listingJudge(request, context.base);
+    if (stream) {
       // A GET stream lives for up to an hour: what it filters follows the caller's grants, stops and limits as they
       // change (and the judged names are forgotten with them).
       const refresh = setInterval(() => {
@@ -702,22 +762,25 @@ class McpServerRoute {
         );
       }, STREAM_FACTS_REFRESH_MS);
       refresh.unref();
-      upstreamBody.once('close', () => clearInterval(refresh));
+      const stop = () => clearInterval(refresh);
+      upstreamBody.once('close', stop);
+      exchange.end.then(stop);
     }
     const rewrite = (message: JsonObject): JsonObject | null => {
       const current = judge;
-      if (!current) return message;
       const id = message.id;
       const method = typeof id === 'string' || typeof id === 'number' ? context.listIds.get(requestIdKey(id)) : undefined;
       if (method) return filterListResponse(method, message, (name) => current(method, name));
-      return stream ? filterListingShapes(message, current) : message;
+      return filterListingShapes(message, current);
     };
+    // An answer to a listing the agent asked for is always read; any other only when it could hold one.
+    const mayHoldListing = (text: string) => context.listIds.size > 0 || LISTING_HINT.test(text);
 
     if (type === 'text/event-stream') {
       const out = new PassThrough();
       // The gateway's own answers first, as events of the same stream.
       for (const answer of context.answers) out.write(`event: message\ndata: ${JSON.stringify(answer)}\n\n`);
-      (filtering ? upstreamBody.pipe(createMcpResponseRewriter({ rewrite })) : upstreamBody).pipe(out);
+      upstreamBody.pipe(createMcpResponseRewriter({ rewrite, mayRewrite: mayHoldListing, maxEventBytes: MAX_MCP_JSON_BYTES })).pipe(out);
       // A GET stream that fails or goes silent ends cleanly (the client opens another); a POST's stream that fails is
       // cut, so the client learns at once that its answers will not come. One the gateway ends (its lifetime, shutdown)
       // is ended cleanly.
@@ -728,12 +791,13 @@ class McpServerRoute {
       return reply.send(out);
     }
     if (failed) return reply.send(upstreamBody); // the server's own error, as it sent it
-    if (type === 'application/json' && mustRead) {
-      // Read to be filtered or joined with the gateway's own answers: bounded, a bigger answer is the upstream's fault.
+    if (type === 'application/json') {
+      // Read whole (bounded: a bigger answer is the upstream's fault) to be filtered or joined with the gateway's answers.
       const raw = await readBody(upstreamBody, MAX_MCP_JSON_BYTES).catch((err: unknown) => {
         throw upstreamMalformed(`the MCP server's answer could not be read (${err instanceof CaracalError ? 'larger than the gateway reads' : 'cut off'})`);
       });
-      // Read as JSON-RPC even when nothing is filtered: what is joined with the gateway's answers must be messages.
+      if (context.answers.length === 0 && !mayHoldListing(raw.toString('latin1'))) return reply.send(raw);
+      // Read as JSON-RPC: what is joined with the gateway's answers must be messages.
       const rewritten = rewriteJsonBody(raw, rewrite);
       if (rewritten === null) throw upstreamMalformed("the MCP server's answer held no message the gateway could pass on");
       if (context.answers.length === 0) return reply.send(rewritten);
@@ -748,12 +812,11 @@ class McpServerRoute {
       reply.code(200).header('content-type', 'application/json');
       return reply.send(JSON.stringify(context.batch ? context.answers : context.answers[0]));
     }
-    if (mustRead) {
-      // An answer the gateway cannot read while it must filter it or add its own: refused rather than passed on.
-      upstreamBody.destroy();
-      throw upstreamMalformed(`the MCP server answered with ${type || 'no content type'}, not JSON or an event stream`);
-    }
-    return reply.send(upstreamBody);
+    // An answer the gateway cannot read (it reads every one, for listings) is refused rather than passed on; an empty
+    // one (DELETE's) has nothing to read.
+    const rest = await readBody(upstreamBody, MAX_MCP_JSON_BYTES).catch(() => null);
+    if (rest !== null && rest.length === 0) return reply.send(rest);
+    throw upstreamMalformed(`the MCP server answered with ${type || 'no content type'}, not JSON or an event stream`);
   }
 }
 

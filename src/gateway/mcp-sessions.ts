@@ -158,3 +158,84 @@ export class McpSessions {
     }
   }
 }
+
+export type SlotRefusal = 'mcp_connections_per_principal' | 'mcp_upstream_busy' | 'client_closed';
+
+/**
+ * Connections to the server for requests (POST, DELETE), handed out by the gateway rather than queued inside the
+ * connection pool: a request either has a connection at once or waits in line here, so the gateway knows whether it
+ * ever left (a charged tool call that never did is given back), and no principal holds more than its share while
+ * answers stream back.
+ */
+export class RequestSlots {
+  private used = 0;
+  private readonly held = new Map<string, number>();
+  private readonly line: { principal: string; grant: (slot: { release: () => void } | SlotRefusal) => void }[] = [];
+
+  constructor(
+    readonly capacity: number,
+    readonly perPrincipal: number,
+  ) {}
+
+  /**
+   * A slot at once, or after waiting in line (first come, first served) for at most `waitMs`; refused at once when
+   * the principal already holds or waits for its share. `cancelled` registers a callback for giving up the wait.
+   */
+  acquire(principal: string, waitMs: number, cancelled: (onCancel: () => void) => void): Promise<{ release: () => void } | SlotRefusal> {
+    const mine = this.held.get(principal) ?? 0;
+    if (mine >= this.perPrincipal) return Promise.resolve('mcp_connections_per_principal');
+    this.held.set(principal, mine + 1);
+    if (this.used < this.capacity) return Promise.resolve(this.grant(principal));
+    return new Promise((resolve) => {
+      let done = false;
+      const entry = {
+        principal,
+        grant: (slot: { release: () => void } | SlotRefusal) => {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          resolve(slot);
+        },
+      };
+      const leave = (why: SlotRefusal) => {
+        const at = this.line.indexOf(entry);
+        if (at < 0) return;
+        this.line.splice(at, 1);
+        this.unhold(principal);
+        entry.grant(why);
+      };
+      const timer = setTimeout(() => leave('mcp_upstream_busy'), waitMs);
+      cancelled(() => leave('client_closed'));
+      this.line.push(entry);
+    });
+  }
+
+  get inUse(): number {
+    return this.used;
+  }
+
+  get waiting(): number {
+    return this.line.length;
+  }
+
+  private grant(principal: string): { release: () => void } {
+    this.used++;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.used--;
+        this.unhold(principal);
+        const next = this.line.shift();
+        if (next) next.grant(this.grant(next.principal));
+      },
+    };
+  }
+
+  private unhold(principal: string): void {
+    const left = (this.held.get(principal) ?? 1) - 1;
+    if (left > 0) this.held.set(principal, left);
+    else this.held.delete(principal);
+  }
+}

@@ -48,6 +48,7 @@ export function inspectJson(text: string, maxDepth: number = MAX_JSON_DEPTH): Js
   // One entry per open container: the names seen so far for an object, null for an array.
   const stack: (Set<string> | null)[] = [];
   let expectKey = false;
+  let duplicateKey: string | null = null;
   const length = text.length;
   for (let i = 0; i < length; i++) {
     const c = text.charCodeAt(i);
@@ -74,12 +75,13 @@ export function inspectJson(text: string, maxDepth: number = MAX_JSON_DEPTH): Js
               return { duplicateKey: null, tooDeep: false }; // not JSON: JSON.parse said so already
             }
           }
-          if (names.has(name)) return { duplicateKey: name, tooDeep: false };
+          // The first repeated name is kept and the scan goes on: depth must be measured whatever else is wrong.
+          if (names.has(name)) duplicateKey ??= name;
           names.add(name);
         }
       }
     } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
-      if (stack.length >= maxDepth) return { duplicateKey: null, tooDeep: true };
+      if (stack.length >= maxDepth) return { duplicateKey, tooDeep: true };
       stack.push(c === 0x7b ? new Set<string>() : null);
       expectKey = c === 0x7b;
     } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
@@ -89,7 +91,7 @@ export function inspectJson(text: string, maxDepth: number = MAX_JSON_DEPTH): Js
       expectKey = stack.length > 0 && stack[stack.length - 1] !== null;
     }
   }
-  return { duplicateKey: null, tooDeep: false };
+  return { duplicateKey, tooDeep: false };
 }
 
 /** A string that is safe to record and compare: no control characters (C0, DEL, C1) and no unpaired surrogates. */

@@ -31,6 +31,11 @@ export const MAX_MCP_JSON_BYTES = 16 << 20;
 
 export interface McpResponseRewriterOptions {
   rewrite: MessageRewrite;
+  /**
+   * Whether an event's data could need rewriting (a cheap test on the text): when it says no, the event goes on byte
+   * for byte without being parsed. Default: every event is parsed.
+   */
+  mayRewrite?: (data: string) => boolean;
   maxEventBytes?: number;
   maxDepth?: number;
 }
@@ -167,7 +172,9 @@ export function createMcpResponseRewriter(options: McpResponseRewriterOptions): 
     // No data, or empty data (the priming event): nothing a client reads as a message.
     if (data.length === 0 || (data.length === 1 && data[0] === '')) return raw();
     state.events++;
-    const verdict = rewriteJson(data.join('\n'), options.rewrite, maxDepth);
+    const text = data.join('\n');
+    if (options.mayRewrite && !options.mayRewrite(text)) return raw();
+    const verdict = rewriteJson(text, options.rewrite, maxDepth);
     if (verdict.kind === 'pass') return raw();
     state.rewritten++;
     if (verdict.kind === 'drop') {
@@ -312,5 +319,10 @@ export function rewriteJsonBody(raw: Buffer, rewrite: MessageRewrite, options: {
   }
   if (!changed) return raw;
   if (out.length === 0) return null;
-  return Buffer.from(JSON.stringify(batch ? out : out[0]), 'utf8');
+  try {
+    return Buffer.from(JSON.stringify(batch ? out : out[0]), 'utf8');
+  } catch {
+    // Only an answer nested too deep for the engine gets here (the depth check bounds what is read): refused like one.
+    throw invalidAnswer("the MCP server's answer cannot be written back as JSON");
+  }
 }

@@ -3,6 +3,7 @@ import { createParser } from 'eventsource-parser';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { CaracalError } from '../../src/errors/catalog.js';
+import { inspectJson, MAX_JSON_DEPTH } from '../../src/mcp/json.js';
 import { createMcpResponseRewriter, filterListResponse, isJsonObject, rewriteJsonBody, type JsonObject, type McpResponseRewriterOptions, type MessageRewrite } from '../../src/mcp/messages.js';
 
 /** Feeds `chunks` through a rewriter; returns what came out, and how much had come out after each chunk. */
@@ -317,5 +318,27 @@ describe('rewriteJsonBody', () => {
         throw new Error('policy down');
       }),
     ).toThrow('policy down');
+  });
+});
+
+describe('inspectJson and rewriteJsonBody on a repeated name before deep nesting', () => {
+  // A repeated member name early in the answer used to end the scan, so the depth was never measured and re-serialising
+  // the nested value threw a RangeError: a 500. Both are now found, and the answer is refused as the server's fault.
+  const hostile = `{"jsonrpc":"2.0","jsonrpc":"2.0","id":1,"result":{"tools":[],"x":${'['.repeat(200_000)}${']'.repeat(200_000)}}}`;
+
+  it('reports the repeated name and the depth', () => {
+    expect(inspectJson(hostile, MAX_JSON_DEPTH)).toEqual({ duplicateKey: 'jsonrpc', tooDeep: true });
+    expect(inspectJson('{"a":1,"a":2,"b":[[1]]}', MAX_JSON_DEPTH)).toEqual({ duplicateKey: 'a', tooDeep: false });
+  });
+
+  it('refuses the answer with a CaracalError (502), never a RangeError', () => {
+    let thrown: unknown;
+    try {
+      rewriteJsonBody(Buffer.from(hostile), (m) => m);
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toBeInstanceOf(CaracalError);
+    expect((thrown as CaracalError).statusCode).toBe(502);
   });
 });
