@@ -26,7 +26,8 @@
  * Env: BENCH_MCP_CALLS (2000), BENCH_ROUNDS (3), BENCH_MCP_WARMUP (300 calls per session), BENCH_MCP_CONCURRENCY (16,
  * 0 skips the concurrent run), BENCH_MCP_SECONDS (3), BENCH_MCP_MODES (`sse,json`), BENCH_MCP_SERVICES=1 (the gateway
  * on PostgreSQL + Kafka + Redis from DATABASE_URL / KAFKA_BROKERS / REDIS_URL, fresh schema and topics; default: the
- * embedded default whatever the environment says), BENCH_MCP_SETTLE (seconds to wait at the end for the spool to ship
+ * embedded default whatever the environment says), BENCH_NODE_ARGS (node flags for the child processes, e.g.
+ * `--cpu-prof --cpu-prof-dir=/tmp/prof`), BENCH_MCP_SETTLE (seconds to wait at the end for the spool to ship
  * the decision events, 30), BENCH_MCP_TIMEOUT (seconds before the whole bench gives up, 600).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -61,7 +62,9 @@ const children: Child[] = [];
 
 function start<T>(name: string, args: string[], childEnv: NodeJS.ProcessEnv): Promise<T> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [rolesJs, ...args], { env: childEnv, stdio: ['ignore', 'pipe', 'inherit'] });
+    // BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") go to the child processes: a profile of each role.
+    const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const child = spawn(process.execPath, [...nodeArgs, rolesJs, ...args], { env: childEnv, stdio: ['ignore', 'pipe', 'inherit'] });
     children.push({ name, child });
     let buffer = '';
     const timer = setTimeout(() => reject(new Error(`${name} did not start in 120 s`)), 120_000);
