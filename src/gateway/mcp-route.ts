@@ -682,6 +682,8 @@ class McpServerRoute {
       const got = await this.slots.acquire(caller.verified.principalId, this.upstream.timeoutMs, (cancel) => exchange.end.then(cancel));
       if (typeof got === 'string') {
         exchange.notSent = true;
+        // The messages were allowed and recorded; that they never went up is recorded too.
+        await this.refused(request, caller, [got], got === 'mcp_connections_per_principal' ? 429 : got === 'mcp_upstream_busy' ? 504 : 400);
         if (got === 'mcp_connections_per_principal') {
           this.route.deps.metrics.limited.inc({ reason: got });
           throw rateLimited(got, 1);

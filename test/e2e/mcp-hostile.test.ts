@@ -1,10 +1,12 @@
 // The MCP gateway (/mcp/<server>) against hostile agents and hostile servers: one test (or a few) per finding of the
-// security review of src/gateway/mcp-route.ts, each written so that it fails if the fix is reverted (the finding is
-// named above each test). The bundle is the core policy plus the code-hosting example (policies/examples/code-hosting:
-// read tools allowed, read_file under /public/ only, write tools under a mandate, delete_repo never); the servers are
+// security reviews of src/gateway/mcp-route.ts, each written so that it fails if the fix is reverted (the finding is
+// named above each test; those of the second review with their severity). The bundle is the core policy plus the
+// code-hosting example (policies/examples/code-hosting: read tools allowed, read_file under /public/ only, write tools
+// under a mandate, delete_repo never); the servers are
 // test/helpers/mcp-fixture-upstream.ts: the official SDK for what a real server does, a scripted one for what a
 // broken or malicious one does. Everything listens on loopback and is closed in afterAll.
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
 import { cp, mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -18,7 +20,7 @@ import { budgetLineKey } from '../../src/metering/spend-counters.js';
 import { POLICIES_DIR } from '../../src/paths.js';
 import { buildBundle } from '../../src/policy/bundle.js';
 import { createHarness, readDecisions, readTopic, type ExtraUpstream, type Harness } from '../helpers/gateway-harness.js';
-import { startScriptedUpstream, startSdkFixture, type ScriptedUpstream, type SdkFixture } from '../helpers/mcp-fixture-upstream.js';
+import { DEEP_NESTING, startScriptedUpstream, startSdkFixture, type ScriptedUpstream, type SdkFixture } from '../helpers/mcp-fixture-upstream.js';
 import { closedPort } from '../helpers/ports.js';
 import { rawRequest } from '../helpers/raw-http.js';
 import { requireServices } from '../helpers/services.js';
@@ -29,6 +31,10 @@ const BATCH_PROTOCOL = '2025-03-26';
 /** 0.01 USD per tool call, whatever the tool. */
 const PRICE = { currency: 'USD', perRequest: '0.01', tools: {} } as unknown as NonNullable<ExtraUpstream['pricing']>;
 const PRICE_MICROS = 10_000;
+/** 0.01 USD per tool call, but search_code costs 0.02: a price table with entries of its own. */
+const TOOL_PRICES = { currency: 'USD', perRequest: '0.01', tools: { search_code: '0.02' } } as unknown as NonNullable<ExtraUpstream['pricing']>;
+/** How long a "slow" tool call takes on the narrow server: well past the narrow upstream's timeout (800 ms). */
+const NARROW_SLOW_MS = 2_500;
 const BIG_TOOLS = Array.from({ length: 3_000 }, (_, i) => `tool_${String(i).padStart(4, '0')}`);
 /** Request ids (x-request-id, which the gateway keeps when it is safe) starting with this have their decision held. */
 const HOLD_PREFIX = 'hold-';
@@ -38,6 +44,8 @@ const run = randomBytes(4).toString('hex');
 let tmp: string;
 let bundlePath: string;
 let code: SdkFixture;
+/** The SDK server behind the upstreams with few connections (narrow: 1, shared: 4). */
+let narrow: SdkFixture;
 let big: ScriptedUpstream;
 let hostile: ScriptedUpstream;
 let streams: ScriptedUpstream;
@@ -101,7 +109,13 @@ beforeAll(async () => {
   await cp(path.join(POLICIES_DIR, 'caracal'), path.join(team, 'caracal'), { recursive: true });
   await cp(path.join(POLICIES_DIR, 'examples', 'code-hosting'), path.join(team, 'code-hosting'), { recursive: true });
   bundlePath = (await buildBundle({ opaBin: requireServices().opaBin, policiesDir: team, outFile: path.join(tmp, 'bundle.tar.gz'), revision: 'mcp-hostile' })).outFile;
-  [code, big, hostile, streams] = await Promise.all([startSdkFixture({ eventStore: true }), startScriptedUpstream({ tools: BIG_TOOLS }), startScriptedUpstream(), startScriptedUpstream()]);
+  [code, narrow, big, hostile, streams] = await Promise.all([
+    startSdkFixture({ eventStore: true }),
+    startSdkFixture({ slowCallMs: NARROW_SLOW_MS }),
+    startScriptedUpstream({ tools: BIG_TOOLS }),
+    startScriptedUpstream(),
+    startScriptedUpstream(),
+  ]);
   refusedOrigin = `http://127.0.0.1:${await closedPort()}`;
   h = await createHarness({
     wrapEvents: holdDecisions,
@@ -111,6 +125,12 @@ beforeAll(async () => {
       { name: 'code', url: code.url, dialect: 'mcp' },
       // The same SDK server, priced per tool call.
       { name: 'paid', url: code.url, dialect: 'mcp', pricing: PRICE },
+      // The same again, with a price table naming one tool.
+      { name: 'priced', url: code.url, dialect: 'mcp', pricing: TOOL_PRICES },
+      // One connection, a short timeout, priced: a request waits for the connection at most 800 ms.
+      { name: 'narrow', url: narrow.url, dialect: 'mcp', pricing: PRICE, maxConnections: 1, timeoutMs: 800 },
+      // Four connections: a principal's share is one.
+      { name: 'shared', url: narrow.url, dialect: 'mcp', maxConnections: 4 },
       // Priced, and nothing listens there: every connection is refused.
       { name: 'refused', url: `${refusedOrigin}/mcp`, dialect: 'mcp', pricing: PRICE, timeoutMs: 5_000 },
       { name: 'big', url: big.url, dialect: 'mcp' },
@@ -125,7 +145,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await h?.close();
-  await Promise.all([code?.close(), big?.close(), hostile?.close(), streams?.close()]);
+  await Promise.all([code?.close(), narrow?.close(), big?.close(), hostile?.close(), streams?.close()]);
   if (tmp) await rm(tmp, { recursive: true, force: true });
 }, 60_000);
 
@@ -133,7 +153,7 @@ afterAll(async () => {
 async function newAgent(resources: string[], actions: string[] = ['call']): Promise<Agent> {
   const id = await h.registerAgent();
   await h.op('policy.create', { principalId: id, resources, actions, maxValiditySeconds: 3600 });
-  for (const origin of [code.origin, big.origin, hostile.origin, streams.origin, refusedOrigin]) {
+  for (const origin of [code.origin, narrow.origin, big.origin, hostile.origin, streams.origin, refusedOrigin]) {
     await h.op('allowlist.create', { principalId: id, pattern: `${origin}/**`, patternType: 'glob' });
   }
   return { id, token: await h.token(id) };
@@ -212,6 +232,23 @@ function rawPost(server: string, headers: Record<string, string>, body: string):
   socket.on('error', () => {});
   socket.write(`POST /mcp/${server} HTTP/1.1\r\n${lines}\r\n${body}`);
   return socket;
+}
+
+/**
+ * Sends a POST whose body is chunked (no content-length) and `bytes` long; resolves with the status, or 'reset' when
+ * the gateway cut the connection before answering.
+ */
+function chunkedPost(server: string, headers: Record<string, string>, bytes: number): Promise<number | 'reset'> {
+  return new Promise((resolve) => {
+    const request = http.request({ host: '127.0.0.1', port: gatewayPort, method: 'POST', path: `/mcp/${server}`, headers: { ...headers, 'transfer-encoding': 'chunked' } }, (response) => {
+      response.resume();
+      resolve(response.statusCode ?? 0);
+    });
+    request.on('error', () => resolve('reset'));
+    const chunk = Buffer.alloc(1 << 20, 0x20);
+    for (let sent = 0; sent < bytes; sent += chunk.length) request.write(chunk);
+    request.end();
+  });
 }
 
 const spent = async (principalId: string) => (await (await h.ctx.spendCounters()).usage(budgetLineKey(principalId, 'daily', windowBounds('daily', new Date()).start))).spentMicros;
@@ -306,6 +343,43 @@ describe('budgets: priced tool calls whose agent hangs up, or whose server canno
     expect(event).toMatchObject({ request_id: requestId, resource: 'mcp:refused/search_code', cost_micros: 0, outcome: 'failed' });
     expect(await until(async () => (await spent(payer.id)) === 0)).toBe(true);
   }, 30_000);
+
+  // Finding (LOW): a tool's price was read as pricing.tools[name], inherited members included, so a tool named
+  // `constructor` or `toString` was priced at a function of Object.prototype: its call was denied budget_unavailable
+  // (or, with no budget, metered at no number). Only the table's own entries price a tool; any other costs perRequest.
+  it('prices a tool named constructor or toString at perRequest, and meters it', async () => {
+    const payer = await newAgent(['mcp:priced/*']);
+    await h.op('budget.set', { principalId: payer.id, window: 'daily', limit: '100', currency: 'USD' });
+    const sessionId = await initialize('priced', payer.token);
+    // The server has no such tools (it answers an error of its own); the charge is what is under test. search_code
+    // shows that the table itself is read.
+    const prices: [tool: string, micros: number][] = [
+      ['constructor', PRICE_MICROS],
+      ['toString', PRICE_MICROS],
+      ['search_code', 2 * PRICE_MICROS],
+    ];
+    const requestIds = new Map<string, string>();
+    for (const [n, [tool]] of prices.entries()) {
+      const requestId = `priced-${run}-${tool}`;
+      requestIds.set(tool, requestId);
+      const answer = await answerOf(await post('priced', { ...sessionHeaders(payer.token, sessionId), 'x-request-id': requestId }, { jsonrpc: '2.0', id: n + 1, method: 'tools/call', params: { name: tool, arguments: {} } }));
+      expect(answer.status, `${tool}: ${answer.text}`).toBe(200);
+      const message = answer.messages.find((m) => m.id === n + 1);
+      expect(message, `${tool}: ${answer.text}`).toBeDefined();
+      // Not the gateway's refusal (a budget denial carries the gateway's reasons).
+      expect(message!.error?.data?.caracal, `${tool}: ${answer.text}`).toBeUndefined();
+    }
+    expect(code.toolCalls.filter((c) => [...requestIds.values()].includes(c.requestId!)).map((c) => c.name)).toEqual(prices.map(([tool]) => tool));
+
+    const decisions = await decisionsOf(payer.id, (ds) => [...requestIds.values()].every((id) => ds.some((d) => d.request_id === id)));
+    const metered = await meteringOf(payer.id, (events) => [...requestIds.values()].every((id) => events.some((e) => e.request_id === id)));
+    for (const [tool, micros] of prices) {
+      const requestId = requestIds.get(tool)!;
+      expect(decisions.filter((d) => d.request_id === requestId), tool).toEqual([expect.objectContaining({ allow: true, resource: `mcp:priced/${tool}` })]);
+      expect(metered.filter((e) => e.request_id === requestId), tool).toEqual([expect.objectContaining({ resource: `mcp:priced/${tool}`, cost_micros: micros, outcome: 'completed' })]);
+    }
+    expect(await spent(payer.id)).toBe(4 * PRICE_MICROS);
+  }, 30_000);
 });
 
 describe('request ids in flight', () => {
@@ -342,6 +416,135 @@ describe('request ids in flight', () => {
     }, 3_000);
     expect(again.messages).toEqual([expect.objectContaining({ id: 5, result: {} })]);
     expect(pings()).toHaveLength(1);
+  }, 30_000);
+
+  // Finding (HIGH): an agent that hangs up frees the request ids of its POST at once, while the server still works on
+  // them; a later POST of the session reusing an id then gets what the server routes to that id. A tools/list left
+  // that way came back unfiltered on a tools/call (an answer the gateway did not filter): delete_repo, which the
+  // policy hides, reached the agent. Every listing-shaped answer is now filtered, whatever request it answers.
+  for (const mode of ['event stream', 'JSON'] as const) {
+    it(`filters a listing that a server sends back on a later POST reusing the id of a hung-up one (${mode})`, async () => {
+      const agent = await newAgent(['mcp:code/*']);
+      // The fixture's sessions answer as JSON if opened while jsonResponse is set.
+      code.jsonResponse = mode === 'JSON';
+      let sessionId: string;
+      try {
+        sessionId = await initialize('code', agent.token);
+      } finally {
+        code.jsonResponse = false;
+      }
+      const headers = sessionHeaders(agent.token, sessionId);
+      const before = code.requests.length;
+      const received = (method: string) => code.requests.slice(before).some((r) => r.messages.some((m) => m.method === method && m.id === 7));
+      // B: the same id, a read_file the policy allows that takes 1.5 s on the server, so A's listing (answered after
+      // 800 ms) is ready first and the server routes it to B's POST.
+      const call = { jsonrpc: '2.0', id: 7, method: 'tools/call', params: { name: 'read_file', arguments: { path: '/public/readme', query: 'slow' } } };
+      code.listDelayMs = 800;
+      let b: Awaited<ReturnType<typeof answerOf>> = { status: 0, text: '', messages: [] };
+      try {
+        // A: the listing, and the agent hangs up while the server works on it.
+        const a = rawPost('code', headers, JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/list' }));
+        expect(await until(() => received('tools/list'))).toBe(true);
+        a.resetAndDestroy();
+        // Until the gateway has seen the hang-up, id 7 is in flight and B is refused (it then never left): asked again.
+        const inFlight = (answer: typeof b) => answer.messages.some((m) => m.error?.data?.caracal?.reasons?.includes('mcp_id_in_flight'));
+        await until(async () => {
+          b = await answerOf(await post('code', headers, call));
+          return !inFlight(b);
+        }, 2_000);
+      } finally {
+        code.listDelayMs = 0;
+      }
+      expect(received('tools/call')).toBe(true);
+      expect(b.status, b.text).toBe(200);
+      expect(b.text).not.toContain('delete_repo');
+      expect(b.text).not.toContain('write_file');
+      // What B carries is A's listing (the case this test is about), filtered to what the caller may use.
+      const listing = b.messages.find((m) => m.id === 7 && m.result?.tools !== undefined);
+      expect(listing, b.text).toBeDefined();
+      expect(toolNames(listing).sort()).toEqual(['read_file', 'search_code']);
+    }, 30_000);
+  }
+});
+
+describe('connections to the server', () => {
+  // Finding (MED): requests waited for a connection inside the connection pool, where the gateway could not tell a
+  // call that timed out waiting (it never left) from one the server got: the victim of an agent holding every
+  // connection was charged for tool calls that never happened. Requests now wait in the gateway (RequestSlots): one
+  // that gets no connection in time is refused 504 mcp_upstream_busy, never sent, and given back.
+  it('gives back a priced call that timed out waiting for a connection, and never sends it', async () => {
+    const noisy = await newAgent(['mcp:narrow/*']);
+    const victim = await newAgent(['mcp:narrow/*']);
+    await h.op('budget.set', { principalId: victim.id, window: 'daily', limit: '100', currency: 'USD' });
+    const noisySession = await initialize('narrow', noisy.token);
+    const victimSession = await initialize('narrow', victim.token);
+    const call = (id: number, query: string) => ({ jsonrpc: '2.0', id, method: 'tools/call', params: { name: 'search_code', arguments: { query } } });
+    // The noisy agent holds the one connection: its call runs 2.5 s, its answer streams back until then.
+    const noisyId = `noisy-${run}`;
+    const slow = post('narrow', { ...sessionHeaders(noisy.token, noisySession), 'x-request-id': noisyId }, call(1, 'slow')).then(answerOf);
+    expect(await until(() => narrow.toolCalls.some((c) => c.requestId === noisyId))).toBe(true);
+
+    const victimId = `victim-${run}`;
+    const started = Date.now();
+    const response = await post('narrow', { ...sessionHeaders(victim.token, victimSession), 'x-request-id': victimId }, call(1, 'victim'));
+    const waited = Date.now() - started;
+    expect(response.status).toBe(504);
+    expect(await response.json()).toMatchObject({ error: 'CARACAL_UPSTREAM_TIMEOUT', reasons: ['mcp_upstream_busy'] });
+    // Refused after the upstream's timeout, not once the noisy call was over.
+    expect(waited).toBeLessThan(NARROW_SLOW_MS - 500);
+
+    const noisyAnswer = await slow;
+    expect(noisyAnswer.status).toBe(200);
+    expect(noisyAnswer.messages).toEqual([expect.objectContaining({ id: 1, result: expect.any(Object) })]);
+    await sleep(100);
+    expect(narrow.toolCalls.some((c) => c.requestId === victimId)).toBe(false);
+    const [event] = await meteringOf(victim.id, (events) => events.some((e) => e.request_id === victimId));
+    expect(event).toMatchObject({ request_id: victimId, resource: 'mcp:narrow/search_code', cost_micros: 0, outcome: 'failed', upstream_status: null });
+    expect(await until(async () => (await spent(victim.id)) === 0)).toBe(true);
+  }, 30_000);
+
+  // Finding (MED): nothing bounded the connections one principal held while its answers streamed back: an agent with
+  // slow calls in flight took every connection to the server. A principal now holds at most a quarter of them (here
+  // one of four) and is refused past it at once (429 mcp_connections_per_principal); others still get theirs.
+  it('refuses a principal a connection beyond its share, while another principal still gets one', async () => {
+    const greedy = await newAgent(['mcp:shared/*']);
+    const other = await newAgent(['mcp:shared/*']);
+    const greedySession = await initialize('shared', greedy.token);
+    const otherSession = await initialize('shared', other.token);
+    const call = (id: number, query: string) => ({ jsonrpc: '2.0', id, method: 'tools/call', params: { name: 'search_code', arguments: { query } } });
+    const greedyId = `greedy-${run}`;
+    const slow = post('shared', { ...sessionHeaders(greedy.token, greedySession), 'x-request-id': greedyId }, call(1, 'slow')).then(answerOf);
+    expect(await until(() => narrow.toolCalls.some((c) => c.requestId === greedyId))).toBe(true);
+
+    const secondId = `greedy-second-${run}`;
+    const second = await post('shared', { ...sessionHeaders(greedy.token, greedySession), 'x-request-id': secondId }, call(2, 'second'));
+    expect(second.status).toBe(429);
+    expect(second.headers.get('retry-after')).toBe('1');
+    expect(await second.json()).toMatchObject({ error: 'CARACAL_RATE_LIMITED', reasons: ['mcp_connections_per_principal'] });
+    expect(narrow.toolCalls.some((c) => c.requestId === secondId)).toBe(false);
+    // The call was allowed by the policy and recorded so; that it never went up is recorded too.
+    const refusals = await readDecisions(await h.ctx.events(), h.ctx.topics.decisions, (all) => all.some((d) => d.request_id === secondId && !d.allow));
+    expect(refusals.filter((d) => d.request_id === secondId).map((d) => [d.allow, d.reasons, d.status])).toEqual(
+      expect.arrayContaining([
+        [true, [], 200],
+        [false, ['mcp_connections_per_principal'], 429],
+      ]),
+    );
+
+    const theirs = await answerOf(await post('shared', sessionHeaders(other.token, otherSession), call(1, 'theirs')));
+    expect(theirs.status).toBe(200);
+    expect(theirs.messages).toEqual([expect.objectContaining({ id: 1, result: expect.any(Object) })]);
+
+    expect((await slow).status).toBe(200);
+    // Its call answered, the principal has its connection back (the slot is freed as the server's answer closes).
+    let after = 0;
+    await until(async () => {
+      const response = await post('shared', sessionHeaders(greedy.token, greedySession), call(3, 'after'));
+      after = response.status;
+      await response.text();
+      return after !== 429;
+    }, 2_000);
+    expect(after).toBe(200);
   }, 30_000);
 });
 
@@ -562,6 +765,35 @@ describe('decision events for refused traffic', () => {
       expect(found[0]).toMatchObject({ allow: false, reasons: [reason], principal_id: prober.id, resource: 'mcp:code', status });
     }
   }, 30_000);
+
+  // Finding (LOW): a GET stream refused past the principal's share (429) was recorded as the allow the policy had
+  // given, and a chunked POST body (no content-length) refused for its size (413) left no decision event at all.
+  it('records a 5th stream refused 429, and a chunked body over 4 MiB refused 413, as denies', async () => {
+    const agent = await newAgent(['mcp:streams/*']);
+    const sessionId = await initialize('streams', agent.token);
+    const ids = { fifth: `fifth-stream-${run}`, chunked: `chunked-${run}` };
+    const aborts: AbortController[] = [];
+    try {
+      for (let i = 0; i < 5; i++) {
+        const abort = new AbortController();
+        aborts.push(abort);
+        const requestId = i === 4 ? ids.fifth : `stream-${run}-${i}`;
+        const response = await fetch(`${gatewayUrl}/mcp/streams`, { method: 'GET', headers: { ...sessionHeaders(agent.token, sessionId), accept: 'text/event-stream', 'x-request-id': requestId }, signal: abort.signal });
+        expect(response.status, requestId).toBe(i < 4 ? 200 : 429);
+        if (i === 4) expect(((await response.json()) as { reasons: string[] }).reasons).toEqual(['mcp_streams_per_principal']);
+      }
+    } finally {
+      for (const abort of aborts) abort.abort();
+    }
+    const before = streams.requests.length;
+    // The gateway stops reading at 4 MiB: the agent sees the 413, or its connection cut while still sending.
+    expect([413, 'reset']).toContain(await chunkedPost('streams', { ...sessionHeaders(agent.token, sessionId), 'x-request-id': ids.chunked }, 5 << 20));
+    expect(streams.requests.slice(before).filter((r) => r.method === 'POST')).toEqual([]);
+
+    const decisions = await decisionsOf(agent.id, (ds) => Object.values(ids).every((id) => ds.some((d) => d.request_id === id)));
+    expect(decisions.filter((d) => d.request_id === ids.fifth)).toEqual([expect.objectContaining({ allow: false, reasons: ['mcp_streams_per_principal'], status: 429, resource: 'mcp:streams' })]);
+    expect(decisions.filter((d) => d.request_id === ids.chunked)).toEqual([expect.objectContaining({ allow: false, reasons: ['body_too_large'], status: 413, resource: 'mcp:streams' })]);
+  }, 30_000);
 });
 
 describe('upstream error paths', () => {
@@ -612,6 +844,32 @@ describe('upstream error paths', () => {
       }
     } finally {
       hostile.mode = 'json';
+    }
+  }, 30_000);
+
+  // Finding (LOW): the scan for repeated member names stopped at the first one, so the nesting behind it went
+  // unmeasured: an answer repeating a name and then nesting 200,000 arrays deep reached code that recursed through
+  // it, and the agent got a 500. The scan now measures the depth whatever it found before: 502, the server's fault.
+  // The same at 1,000 levels (which re-serialising survives): refused for its depth, not passed on.
+  it('answers 502 (never 500) to a repeated member name followed by 200,000 (or 1,000) nested arrays', async () => {
+    const agent = await newAgent(['mcp:hostile/*']);
+    hostile.mode = 'deep';
+    try {
+      for (const depth of [200_000, 1_000]) {
+        hostile.deepNesting = depth;
+        for (const message of [
+          { jsonrpc: '2.0', id: 4, method: 'tools/list' },
+          { jsonrpc: '2.0', id: 5, method: 'tools/call', params: { name: 'read_file', arguments: {} } },
+        ]) {
+          const response = await post('hostile', mcpHeaders(agent.token), message);
+          const body = await response.text();
+          expect(response.status, `${depth} deep, ${message.method}: ${body.slice(0, 300)}`).toBe(502);
+          expect(JSON.parse(body) as object).toMatchObject({ error: 'CARACAL_UPSTREAM_UNREACHABLE', reasons: ['mcp_upstream_answer_invalid'] });
+        }
+      }
+    } finally {
+      hostile.mode = 'json';
+      hostile.deepNesting = DEEP_NESTING;
     }
   }, 30_000);
 });

@@ -5,11 +5,13 @@
  *   startSdkFixture       the official SDK (McpServer + StreamableHTTPServerTransport), for behaviour only a real
  *                         server has: request ids routed to streams inside the transport, resumable streams (an event
  *                         store, so a GET with Last-Event-ID replays past answers), completions of a prompt argument
- *                         and of a resource template, a listing that takes its time, a tool call that takes its time.
+ *                         and of a resource template, a listing that takes its time, a tool call that takes its time,
+ *                         answers as JSON (the SDK's enableJsonResponse) instead of an event stream when asked.
  *   startScriptedUpstream plain node:http speaking just enough Streamable HTTP (initialize opens a session, requests
  *                         are answered as JSON, GET holds an event stream open) to misbehave on demand: text/plain
  *                         answers, invalid JSON, gzip although the gateway asked for none, a listing of thousands of
- *                         tools. The SDK cannot be made to do these, and a gateway must survive servers that do.
+ *                         tools, a repeated member name followed by nesting far past any sane depth. The SDK
+ *                         cannot be made to do these, and a gateway must survive servers that do.
  *
  * Both record every request as it arrived (headers and body), so a test can tell what reached the server and what
  * the gateway kept back.
@@ -93,8 +95,10 @@ export const SECRET_COMPLETIONS = ['alice (salary 180k)', 'bob (on notice)'];
 export interface SdkFixtureOptions {
   /** Sessions keep their events (OrderedEventStore): streams are resumable, and a GET with Last-Event-ID replays. */
   eventStore?: boolean;
-  /** How long `search_code` with the query "slow" takes (default 1,500 ms): a call still running when the agent leaves. */
+  /** How long a tool call with the query "slow" takes (default 1,500 ms): a call still running when the agent leaves. */
   slowCallMs?: number;
+  /** Sessions answer POSTs with application/json instead of an event stream (the SDK's enableJsonResponse). */
+  jsonResponse?: boolean;
 }
 
 export interface SdkFixture {
@@ -106,6 +110,8 @@ export interface SdkFixture {
   readonly toolCalls: FixtureToolCall[];
   /** tools/list waits this long inside the server before it answers (a listing that does I/O); settable, default 0. */
   listDelayMs: number;
+  /** Sessions opened while this is true answer POSTs as application/json (settable; default the option's value). */
+  jsonResponse: boolean;
   close(): Promise<void>;
 }
 
@@ -168,7 +174,7 @@ export async function startSdkFixture(options: SdkFixtureOptions = {}): Promise<
   const toolCalls: FixtureToolCall[] = [];
   const transports = new Map<string, StreamableHTTPServerTransport>();
   const servers: McpServer[] = [];
-  const state = { listDelayMs: 0 };
+  const state = { listDelayMs: 0, jsonResponse: options.jsonResponse ?? false };
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     const { entry, parsed } = record(req, await readRequest(req));
@@ -188,6 +194,7 @@ export async function startSdkFixture(options: SdkFixtureOptions = {}): Promise<
     if (req.method === 'POST' && isInitializeRequest(parsed)) {
       const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
         sessionIdGenerator: () => randomUUID(),
+        enableJsonResponse: state.jsonResponse,
         ...(options.eventStore ? { eventStore: new OrderedEventStore() } : {}),
         onsessioninitialized: (id) => {
           transports.set(id, transport);
@@ -222,6 +229,12 @@ export async function startSdkFixture(options: SdkFixtureOptions = {}): Promise<
     set listDelayMs(ms: number) {
       state.listDelayMs = ms;
     },
+    get jsonResponse() {
+      return state.jsonResponse;
+    },
+    set jsonResponse(json: boolean) {
+      state.jsonResponse = json;
+    },
     async close() {
       await Promise.all([...transports.values()].map((t) => t.close().catch(() => {})));
       await Promise.all(servers.map((s) => s.close().catch(() => {})));
@@ -240,8 +253,13 @@ export async function startSdkFixture(options: SdkFixtureOptions = {}): Promise<
  *   invalid-json  200 application/json whose body is cut off mid-message
  *   gzip          the JSON answer gzip-encoded, whatever accept-encoding said (a compressing proxy in front)
  *   gzip-sse      the answer as an event stream (one event per message), gzip-encoded the same way
+ *   deep          application/json, valid JSON: each answer repeats its first member name ("jsonrpc") and then carries
+ *                 `deepNesting` nested arrays (a scan that stops at the first repeated name never sees the depth)
  */
-export type ScriptedMode = 'json' | 'text-plain' | 'invalid-json' | 'gzip' | 'gzip-sse';
+export type ScriptedMode = 'json' | 'text-plain' | 'invalid-json' | 'gzip' | 'gzip-sse' | 'deep';
+
+/** How deep the `deep` mode nests its arrays by default: far past what the gateway reads, and what recursion survives. */
+export const DEEP_NESTING = 200_000;
 
 export interface ScriptedUpstreamOptions {
   /** The tool names tools/list answers with (default read_file, search_code). */
@@ -257,6 +275,8 @@ export interface ScriptedUpstream {
   /** GET event streams open right now. */
   readonly openStreams: number;
   mode: ScriptedMode;
+  /** How many arrays the `deep` mode nests (settable; default DEEP_NESTING). */
+  deepNesting: number;
   close(): Promise<void>;
 }
 
@@ -267,7 +287,9 @@ export async function startScriptedUpstream(options: ScriptedUpstreamOptions = {
   // Serialised once: a listing of thousands of tools is answered many times (a batch of 64), and the test process is
   // also the gateway's, so the server must not spend the time the test measures the gateway by.
   const toolsJson = JSON.stringify((options.tools ?? ['read_file', 'search_code']).map((name) => ({ name, inputSchema: { type: 'object' } })));
-  const state = { mode: 'json' as ScriptedMode };
+  const state = { mode: 'json' as ScriptedMode, deepNesting: DEEP_NESTING };
+  // Built once per depth: the arrays are large, and the test process is also the gateway's.
+  let deepArrays = { depth: 0, text: '' };
 
   const answer = (m: FixtureRequest['messages'][number]): string => {
     const id = JSON.stringify(m.id);
@@ -334,6 +356,11 @@ export async function startScriptedUpstream(options: ScriptedUpstreamOptions = {
             res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip', 'content-length': zipped.length, ...headers }).end(zipped);
             return;
           }
+          case 'deep': {
+            if (deepArrays.depth !== state.deepNesting) deepArrays = { depth: state.deepNesting, text: '['.repeat(state.deepNesting) + ']'.repeat(state.deepNesting) };
+            const deep = requestsIn.map((m) => `{"jsonrpc":"2.0","jsonrpc":"2.0","id":${JSON.stringify(m.id)},"result":{"tools":${toolsJson},"x":${deepArrays.text}}}`);
+            return sendJson(res, 200, Array.isArray(parsed) ? `[${deep.join(',')}]` : deep[0]!, headers);
+          }
           case 'gzip-sse': {
             const zipped = gzipSync(answers.map((a) => `event: message\ndata: ${a}\n\n`).join(''));
             res.writeHead(200, { 'content-type': 'text/event-stream', 'content-encoding': 'gzip', 'content-length': zipped.length, ...headers }).end(zipped);
@@ -358,6 +385,12 @@ export async function startScriptedUpstream(options: ScriptedUpstreamOptions = {
     },
     set mode(mode: ScriptedMode) {
       state.mode = mode;
+    },
+    get deepNesting() {
+      return state.deepNesting;
+    },
+    set deepNesting(depth: number) {
+      state.deepNesting = depth;
     },
     async close() {
       for (const res of streams) res.destroy();

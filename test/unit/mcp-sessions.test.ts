@@ -1,7 +1,8 @@
 // McpSessions (src/gateway/mcp-sessions.ts): what the MCP route remembers per server — who owns a session, which
-// request ids are in flight in it, how many event streams each principal holds — with a clock the test moves.
-import { describe, expect, it } from 'vitest';
-import { McpSessions, type McpSessionLimits } from '../../src/gateway/mcp-sessions.js';
+// request ids are in flight in it, how many event streams each principal holds — with a clock the test moves. And
+// RequestSlots, the connections to the server handed out to requests (with fake timers for the wait).
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { McpSessions, RequestSlots, type McpSessionLimits, type SlotRefusal } from '../../src/gateway/mcp-sessions.js';
 
 const LIMITS: McpSessionLimits = { maxSessions: 100, maxSessionsPerPrincipal: 3, idleMs: 1_000, maxStreams: 3, maxStreamsPerPrincipal: 2 };
 
@@ -194,5 +195,222 @@ describe('McpSessions: event streams', () => {
     expect(store.openStreams).toBe(0);
     // Everything is free again: two for p, one for q.
     expect(['p', 'p', 'q'].map((who) => 'release' in store.openStream(who))).toEqual([true, true, true]);
+  });
+});
+
+type Slot = { release: () => void };
+type Granted = Slot | SlotRefusal;
+
+/** A wait that is never cancelled. */
+const stays = () => {};
+
+/** The slot of a grant (fails the test on a refusal). */
+function slotOf(granted: Granted | undefined): Slot {
+  if (granted === undefined || typeof granted === 'string') throw new Error(`expected a slot, got ${String(granted)}`);
+  return granted;
+}
+
+/** An acquire whose outcome can be looked at without awaiting it (undefined while it waits). */
+function pending(promise: Promise<Granted>): { readonly outcome: Granted | undefined } {
+  const box: { outcome: Granted | undefined } = { outcome: undefined };
+  void promise.then((granted) => (box.outcome = granted));
+  return box;
+}
+
+/** Lets the callbacks of grants (and refusals) made synchronously run; microtasks only, so fake timers do not matter. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await Promise.resolve();
+}
+
+// Finding (MED, second review): requests waited for a connection inside the connection pool (a priced call that timed
+// out there was charged though it never left) and one principal could hold every connection. RequestSlots hands the
+// connections out in the gateway: at once or in line (first come, first served), with a share per principal.
+describe('RequestSlots', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('grants at once under capacity', async () => {
+    const slots = new RequestSlots(2, 2);
+    slotOf(await slots.acquire('p', 1_000, stays));
+    slotOf(await slots.acquire('q', 1_000, stays));
+    expect(slots.inUse).toBe(2);
+    expect(slots.waiting).toBe(0);
+  });
+
+  it('refuses a principal at its share, counting the slots it holds and those it waits for', async () => {
+    const slots = new RequestSlots(1, 2);
+    const held = slotOf(await slots.acquire('p', 1_000, stays));
+    // The server's one connection is taken: p's second request waits, and counts against p's share.
+    const waiting = pending(slots.acquire('p', 1_000, stays));
+    await settle();
+    expect(waiting.outcome).toBeUndefined();
+    expect(slots.waiting).toBe(1);
+    expect(await slots.acquire('p', 1_000, stays)).toBe('mcp_connections_per_principal');
+    // A refusal neither waits nor takes anything.
+    expect(slots.waiting).toBe(1);
+    expect(slots.inUse).toBe(1);
+    // Another principal is not refused for p's share: it waits its turn.
+    const other = pending(slots.acquire('q', 1_000, stays));
+    await settle();
+    expect(other.outcome).toBeUndefined();
+    expect(slots.waiting).toBe(2);
+    held.release();
+    await settle();
+    slotOf(waiting.outcome).release();
+    await settle();
+    slotOf(other.outcome).release();
+    expect(slots.inUse).toBe(0);
+    expect(slots.waiting).toBe(0);
+  });
+
+  it('hands a released slot to the first in line, in the order they came, whoever they are', async () => {
+    const slots = new RequestSlots(1, 3);
+    let current = slotOf(await slots.acquire('a', 1_000, stays));
+    const granted: string[] = [];
+    const line = ['b', 'c', 'b', 'a'].map((who, n) => {
+      const name = `${who}${n}`;
+      const waiter = pending(
+        slots.acquire(who, 1_000, stays).then((g) => {
+          granted.push(name);
+          return g;
+        }),
+      );
+      return { name, waiter };
+    });
+    await settle();
+    expect(slots.waiting).toBe(4);
+    for (const { name, waiter } of line) {
+      current.release();
+      await settle();
+      expect(granted.at(-1)).toBe(name);
+      // The slot went straight to the next in line: it was never free for a newcomer.
+      expect(slots.inUse).toBe(1);
+      current = slotOf(waiter.outcome);
+    }
+    expect(granted).toEqual(['b0', 'c1', 'b2', 'a3']);
+    current.release();
+    expect(slots.inUse).toBe(0);
+  });
+
+  it('a released slot goes to the next waiter even of another principal, and counts against that principal', async () => {
+    const slots = new RequestSlots(1, 1);
+    const mine = slotOf(await slots.acquire('a', 1_000, stays));
+    const theirs = pending(slots.acquire('b', 1_000, stays));
+    await settle();
+    mine.release();
+    await settle();
+    const handed = slotOf(theirs.outcome);
+    expect(slots.inUse).toBe(1);
+    expect(slots.waiting).toBe(0);
+    // b now holds its share (one); a's is free again, so a waits rather than being refused.
+    expect(await slots.acquire('b', 1_000, stays)).toBe('mcp_connections_per_principal');
+    const again = pending(slots.acquire('a', 1_000, stays));
+    await settle();
+    expect(again.outcome).toBeUndefined();
+    expect(slots.waiting).toBe(1);
+    handed.release();
+    await settle();
+    slotOf(again.outcome).release();
+    expect(slots.inUse).toBe(0);
+  });
+
+  it('refuses a wait past its time with mcp_upstream_busy, and frees the principal’s count', async () => {
+    vi.useFakeTimers();
+    const slots = new RequestSlots(1, 1);
+    const held = slotOf(await slots.acquire('a', 1_000, stays));
+    const waiter = pending(slots.acquire('b', 500, stays));
+    await vi.advanceTimersByTimeAsync(499);
+    expect(waiter.outcome).toBeUndefined();
+    await vi.advanceTimersByTimeAsync(1);
+    expect(waiter.outcome).toBe('mcp_upstream_busy');
+    expect(slots.waiting).toBe(0);
+    expect(slots.inUse).toBe(1);
+    // b's count went with its wait: it may wait again (not refused for its share), and a release now goes to it.
+    const next = pending(slots.acquire('b', 500, stays));
+    await settle();
+    expect(next.outcome).toBeUndefined();
+    held.release();
+    await settle();
+    const slot = slotOf(next.outcome);
+    // Its timer is gone with the grant: nothing changes once the wait's time is past.
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(slots.inUse).toBe(1);
+    slot.release();
+    expect(slots.inUse).toBe(0);
+    expect(slots.waiting).toBe(0);
+  });
+
+  it('refuses a cancelled wait with client_closed, takes it out of the line and frees the principal’s count', async () => {
+    vi.useFakeTimers();
+    const slots = new RequestSlots(1, 1);
+    const held = slotOf(await slots.acquire('a', 1_000, stays));
+    let cancel: (() => void) | undefined;
+    const waiter = pending(slots.acquire('b', 1_000, (onCancel) => (cancel = onCancel)));
+    const behind = pending(slots.acquire('c', 1_000, stays));
+    await settle();
+    expect(slots.waiting).toBe(2);
+    cancel!();
+    await settle();
+    expect(waiter.outcome).toBe('client_closed');
+    expect(slots.waiting).toBe(1);
+    // Cancelling again, or the wait's time passing, changes nothing.
+    cancel!();
+    await vi.advanceTimersByTimeAsync(999);
+    expect(waiter.outcome).toBe('client_closed');
+    // The released slot skips the cancelled wait and goes to c; b may ask again.
+    held.release();
+    await settle();
+    const cSlot = slotOf(behind.outcome);
+    const bAgain = pending(slots.acquire('b', 1_000, stays));
+    await settle();
+    expect(bAgain.outcome).toBeUndefined();
+    cSlot.release();
+    await settle();
+    slotOf(bAgain.outcome).release();
+    expect(slots.inUse).toBe(0);
+  });
+
+  it('ignores a cancel that comes after the grant', async () => {
+    const slots = new RequestSlots(1, 1);
+    const held = slotOf(await slots.acquire('a', 1_000, stays));
+    let cancel: (() => void) | undefined;
+    const waiter = pending(slots.acquire('b', 1_000, (onCancel) => (cancel = onCancel)));
+    held.release();
+    await settle();
+    const slot = slotOf(waiter.outcome);
+    cancel!();
+    expect(slots.inUse).toBe(1);
+    // b still holds its share: the late cancel did not give it back.
+    expect(await slots.acquire('b', 1_000, stays)).toBe('mcp_connections_per_principal');
+    slot.release();
+    expect(slots.inUse).toBe(0);
+  });
+
+  it('gives a slot back once however many times it is released', async () => {
+    const slots = new RequestSlots(2, 2);
+    const first = slotOf(await slots.acquire('a', 1_000, stays));
+    const second = slotOf(await slots.acquire('a', 1_000, stays));
+    first.release();
+    first.release();
+    first.release();
+    expect(slots.inUse).toBe(1);
+    // One slot came back (to the server and to a): a gets one more, and is at its share again.
+    const third = slotOf(await slots.acquire('a', 1_000, stays));
+    expect(await slots.acquire('a', 1_000, stays)).toBe('mcp_connections_per_principal');
+    // The server is full too: a newcomer waits; repeated releases of the old slot do not let it in.
+    const newcomer = pending(slots.acquire('b', 1_000, stays));
+    first.release();
+    await settle();
+    expect(newcomer.outcome).toBeUndefined();
+    expect(slots.inUse).toBe(2);
+    second.release();
+    await settle();
+    const bSlot = slotOf(newcomer.outcome);
+    third.release();
+    bSlot.release();
+    bSlot.release();
+    expect(slots.inUse).toBe(0);
+    expect(slots.waiting).toBe(0);
   });
 });
