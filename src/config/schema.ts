@@ -300,9 +300,25 @@ export const ConfigSchema = z
         bundlePath: z.string().min(1).optional(),
         /** Path to the `opa` binary, for bundle build / opa test. */
         opaBin: z.string().min(1).default('opa'),
+        /**
+         * Bundle signatures (OPA's `.signatures.json` format). With `publicKeys` set, the gateway
+         * loads only bundles signed by one of them; the keys are read at start-up.
+         */
+        signing: z
+          .object({
+            /** PEM public keys (ECDSA P-256/384/521, RSA ≥ 2048 bits, Ed25519) by key id; relative paths from the working directory. */
+            publicKeys: z
+              .array(z.object({ keyId: z.string().min(1), path: z.string().min(1) }).strict())
+              .default([])
+              .refine((keys) => new Set(keys.map((k) => k.keyId)).size === keys.length, { message: 'keyId values must be unique' }),
+            /** Development only: accept an unsigned bundle although keys are set (a signed one must still verify). */
+            allowUnsigned: z.boolean().default(false),
+          })
+          .strict()
+          .default({ publicKeys: [], allowUnsigned: false }),
       })
       .strict()
-      .default({ opaBin: 'opa' }),
+      .default({ opaBin: 'opa', signing: { publicKeys: [], allowUnsigned: false } }),
   })
   .strict();
 

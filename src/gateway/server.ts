@@ -60,7 +60,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
   // broker is down serves from its spool and attaches to the log when it is back.
   let events: EventLog | null = await openEventLog(ctx, config.spool.enabled, log);
   if (prepare) await migrateUp(ctx.db);
-  const engine = { current: options.engine ?? ((await PolicyEngine.fromBundleFile(config.policy.bundlePath ?? DEFAULT_BUNDLE)) as PolicyEvaluator) };
+  const engine = { current: options.engine ?? ((await PolicyEngine.fromBundleFile(config.policy.bundlePath ?? DEFAULT_BUNDLE, { signing: config.policy.signing })) as PolicyEvaluator) };
   const metrics = options.metrics ?? new GatewayMetrics();
   metrics.bundleInfo.set({ revision: engine.current.revision }, 1);
   const ring = await ctx.keyRing();

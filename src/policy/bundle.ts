@@ -9,15 +9,16 @@
  * could escape a root (`..`, a second leading "/", backslashes, drive letters) is rejected.
  */
 import { execFile } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
-import { gunzip } from 'node:zlib';
+import { gunzip, gzipSync } from 'node:zlib';
 
 import { CaracalError, toError } from '../errors/catalog.js';
+import { type BundleKey, type BundleVerification, createSignaturesFile, SIGNATURES_FILE, type VerificationOutcome, verifyBundleFiles } from './signing.js';
 
 /** The one document the gateway queries (`data.caracal.authz.decision`). */
 export const DECISION_ENTRYPOINT = 'caracal/authz/decision';
@@ -47,6 +48,13 @@ export interface Bundle {
   manifest: BundleManifest;
   /** Every regular file in the bundle by its root-relative path (no leading "/"). */
   files: ReadonlyMap<string, Buffer>;
+  /** What the signature check found; `{ signed: false }` when no keys were configured. */
+  signature: VerificationOutcome;
+}
+
+export interface ReadBundleOptions {
+  /** Signature policy (policy.signing); absent or without keys = signatures are not checked. */
+  verification?: BundleVerification;
 }
 
 export interface BuildBundleOptions {
@@ -234,7 +242,12 @@ function bundleError(source: string, message: string, cause?: unknown): CaracalE
 }
 
 /** Read and validate a bundle file (see {@link parseBundle}). */
-export async function readBundle(file: string): Promise<Bundle> {
+export async function readBundle(file: string, options: ReadBundleOptions = {}): Promise<Bundle> {
+  return parseBundle(await readBundleBytes(file), file, options);
+}
+
+/** A bundle file's bytes, refused before reading when larger than MAX_BUNDLE_FILE_BYTES. */
+async function readBundleBytes(file: string): Promise<Buffer> {
   let size: number;
   try {
     size = (await stat(file)).size;
@@ -242,7 +255,7 @@ export async function readBundle(file: string): Promise<Bundle> {
     throw bundleError(file, `cannot read: ${toError(err).message}`, err);
   }
   if (size > MAX_BUNDLE_FILE_BYTES) throw bundleError(file, `file is ${size} bytes, more than the ${MAX_BUNDLE_FILE_BYTES} allowed`);
-  return parseBundle(await readFile(file), file);
+  return readFile(file);
 }
 
 function gunzipCapped(buf: Buffer): Promise<Buffer> {
@@ -252,22 +265,10 @@ function gunzipCapped(buf: Buffer): Promise<Buffer> {
 }
 
 /** Parse a gzipped OPA bundle held in memory. `source` names it in error messages. */
-export async function parseBundle(gzipped: Buffer, source = '<buffer>'): Promise<Bundle> {
-  if (gzipped.length < 18 || gzipped[0] !== 0x1f || gzipped[1] !== 0x8b) {
-    throw bundleError(source, 'not a gzip file (a bundle is a .tar.gz built by `opa build -t wasm`)');
-  }
-  let tar: Buffer;
-  try {
-    tar = await gunzipCapped(gzipped);
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === 'ERR_BUFFER_TOO_LARGE' || e instanceof RangeError) {
-      throw bundleError(source, `uncompressed size exceeds ${MAX_BUNDLE_UNCOMPRESSED_BYTES} bytes`, err);
-    }
-    if (e.code === 'Z_BUF_ERROR') throw bundleError(source, 'truncated gzip stream (unexpected end of file)', err);
-    throw bundleError(source, `corrupt gzip stream: ${e.message}`, err);
-  }
-  const files = parseTar(tar, source);
+export async function parseBundle(gzipped: Buffer, source = '<buffer>', options: ReadBundleOptions = {}): Promise<Bundle> {
+  const files = await readBundleFiles(gzipped, source);
+  // Before anything in the bundle is interpreted: a refused bundle is never parsed further.
+  const signature = await verifyBundleFiles(files, options.verification ?? { keys: [], allowUnsigned: true }, source);
 
   let manifest: BundleManifest = {};
   const manifestBytes = files.get('.manifest');
@@ -288,7 +289,31 @@ export async function parseBundle(gzipped: Buffer, source = '<buffer>'): Promise
   const wasm = files.get(modulePath);
   if (wasm === undefined) throw bundleError(source, `no WASM module at /${modulePath} (was it built with -t wasm?)`);
 
-  return { wasm, data: assembleData(files, source), manifest, files };
+  return { wasm, data: assembleData(files, source), manifest, files, signature };
+}
+
+/** The files of a gzipped tarball (any OPA bundle, WASM or not), without interpreting them. */
+export async function readBundleFiles(gzipped: Buffer, source = '<buffer>'): Promise<Map<string, Buffer>> {
+  if (gzipped.length < 18 || gzipped[0] !== 0x1f || gzipped[1] !== 0x8b) {
+    throw bundleError(source, 'not a gzip file (a bundle is a .tar.gz built by `opa build -t wasm`)');
+  }
+  let tar: Buffer;
+  try {
+    tar = await gunzipCapped(gzipped);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ERR_BUFFER_TOO_LARGE' || e instanceof RangeError) {
+      throw bundleError(source, `uncompressed size exceeds ${MAX_BUNDLE_UNCOMPRESSED_BYTES} bytes`, err);
+    }
+    if (e.code === 'Z_BUF_ERROR') throw bundleError(source, 'truncated gzip stream (unexpected end of file)', err);
+    throw bundleError(source, `corrupt gzip stream: ${e.message}`, err);
+  }
+  return parseTar(tar, source);
+}
+
+/** Read a bundle file's members (size-capped like {@link readBundle}) without interpreting them. */
+export async function readBundleFileMembers(file: string): Promise<Map<string, Buffer>> {
+  return readBundleFiles(await readBundleBytes(file), file);
 }
 
 function parseJson(bytes: Buffer, source: string, name: string): unknown {
@@ -464,4 +489,117 @@ export function parseTar(tar: Buffer, source = '<buffer>'): Map<string, Buffer> 
   }
   if (!ended) throw bundleError(source, 'truncated tar archive (no end-of-archive marker)');
   return files;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Writing (for `bundle sign`)
+
+function tarHeader(name: string, size: number, type: '0' | 'x'): Buffer {
+  const header = Buffer.alloc(512);
+  header.write(name, 0, 100, 'utf8');
+  header.write('0000644\0', 100, 'ascii'); // mode
+  header.write('0000000\0', 108, 'ascii'); // uid
+  header.write('0000000\0', 116, 'ascii'); // gid
+  header.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'ascii');
+  // mtime 0: signing the same bundle with the same key twice gives the same tarball (ECDSA aside).
+  header.write('00000000000\0', 136, 'ascii');
+  header.write('        ', 148, 'ascii'); // checksum placeholder: eight spaces
+  header.write(type, 156, 'ascii');
+  header.write('ustar\0', 257, 'ascii');
+  header.write('00', 263, 'ascii');
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += header[i]!;
+  header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'ascii');
+  return header;
+}
+
+function padded(data: Buffer): Buffer[] {
+  const rest = data.length % 512;
+  return rest === 0 ? [data] : [data, Buffer.alloc(512 - rest)];
+}
+
+/** One PAX record "<len> path=<value>\n", where <len> counts itself. */
+function paxPathRecord(value: string): Buffer {
+  const body = ` path=${value}\n`;
+  const bodyLength = Buffer.byteLength(body);
+  let length = bodyLength + 1;
+  while (String(length).length + bodyLength !== length) length++;
+  return Buffer.from(`${length}${body}`, 'utf8');
+}
+
+/**
+ * A gzipped ustar archive of `files`, each named "/<name>" as `opa build` names them. Names longer
+ * than the 100-byte header field get a PAX `path` record (which parseTar and Go's reader read).
+ */
+export function writeBundleTarball(files: Iterable<[string, Buffer]>): Buffer {
+  const blocks: Buffer[] = [];
+  for (const [name, data] of files) {
+    const member = `/${name}`;
+    if (Buffer.byteLength(member) > 100) {
+      const pax = paxPathRecord(member);
+      blocks.push(tarHeader('PaxHeader', pax.length, 'x'), ...padded(pax));
+    }
+    blocks.push(tarHeader(member, data.length, '0'), ...padded(data));
+  }
+  blocks.push(Buffer.alloc(1024)); // end-of-archive: two zero blocks
+  return gzipSync(Buffer.concat(blocks));
+}
+
+export interface SignBundleOptions {
+  inFile: string;
+  /** Defaults to `inFile` (replaced atomically). */
+  outFile?: string;
+  key: BundleKey;
+}
+
+export interface SignedBundle {
+  outFile: string;
+  keyId: string;
+  algorithm: string;
+  /** Files listed in the signature. */
+  files: number;
+  /** True when the input carried a signature, which this one replaces. */
+  replaced: boolean;
+  sha256: string;
+}
+
+/**
+ * Writes `inFile` with a new `/.signatures.json` (any previous one dropped) signing every other
+ * member. The result is read back and verified with the key before it replaces anything.
+ */
+export async function signBundle(options: SignBundleOptions): Promise<SignedBundle> {
+  const inFile = path.resolve(options.inFile);
+  const outFile = path.resolve(options.outFile ?? options.inFile);
+  const members = await readBundleFileMembers(inFile);
+  const replaced = members.delete(SIGNATURES_FILE);
+  if (members.size === 0) throw bundleError(inFile, 'has no files to sign');
+  const signatures = await createSignaturesFile(members, options.key);
+  // The signatures first, so that a streaming reader meets them before the files they cover.
+  const tarball = writeBundleTarball([[SIGNATURES_FILE, signatures], ...members]);
+
+  const publicKey = { ...options.key, key: createPublicKey(options.key.key) };
+  const check = await verifyBundleFiles(await readBundleFiles(tarball, outFile), { keys: [publicKey], allowUnsigned: false }, outFile);
+  if (!check.signed) throw new CaracalError('CARACAL_INTERNAL', `signed bundle ${outFile} did not verify`);
+
+  await mkdir(path.dirname(outFile), { recursive: true });
+  const tmpOut = `${outFile}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  try {
+    await writeFile(tmpOut, tarball);
+    await rename(tmpOut, outFile);
+  } finally {
+    await rm(tmpOut, { force: true });
+  }
+  return {
+    outFile,
+    keyId: options.key.keyId,
+    algorithm: options.key.algorithm,
+    files: check.files,
+    replaced,
+    sha256: createHash('sha256').update(tarball).digest('hex'),
+  };
+}
+
+/** Checks the signature of a bundle file (any OPA bundle, WASM or not) for `bundle verify`. */
+export async function verifyBundleFile(file: string, verification: BundleVerification): Promise<VerificationOutcome> {
+  return verifyBundleFiles(await readBundleFileMembers(file), verification, file);
 }

@@ -11,6 +11,7 @@ import { loadPolicy } from '@open-policy-agent/opa-wasm';
 
 import { CaracalError, toError } from '../errors/catalog.js';
 import { type Bundle, type BundleManifest, DECISION_ENTRYPOINT, readBundle } from './bundle.js';
+import { type BundleSigningConfig, loadBundleVerification } from './signing.js';
 
 export { DECISION_ENTRYPOINT };
 
@@ -148,8 +149,13 @@ export class PolicyEngine {
     this.revision = revision;
   }
 
-  static async fromBundleFile(file: string, options: EngineOptions = {}): Promise<PolicyEngine> {
-    return PolicyEngine.fromBundle(await readBundle(file), options);
+  /**
+   * Loads a bundle file. With `signing` (the `policy.signing` config) holding public keys, the
+   * bundle must carry a valid signature by one of them before any of it is loaded (signing.ts).
+   */
+  static async fromBundleFile(file: string, options: EngineOptions & { signing?: BundleSigningConfig } = {}): Promise<PolicyEngine> {
+    const verification = options.signing ? await loadBundleVerification(options.signing) : undefined;
+    return PolicyEngine.fromBundle(await readBundle(file, { verification }), options);
   }
 
   static async fromBundle(

@@ -1,7 +1,8 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DEFAULT_BUNDLE, PACKAGE_ROOT, POLICIES_DIR } from '../../paths.js';
-import { buildBundle, gitRevision } from '../../policy/bundle.js';
+import { buildBundle, gitRevision, signBundle, verifyBundleFile } from '../../policy/bundle.js';
+import { DEFAULT_KEY_ID, loadSigningKey, loadVerificationKey } from '../../policy/signing.js';
 import type { CliRuntime } from '../runtime.js';
 
 export function registerBundleCommands(program: Command, rt: () => CliRuntime): void {
@@ -25,5 +26,37 @@ export function registerBundleCommands(program: Command, rt: () => CliRuntime): 
       });
       if (options.json) runtime.out.json(result);
       else runtime.out.line(`built ${result.outFile} revision=${result.revision} sha256=${result.sha256}`);
+    });
+
+  bundle
+    .command('sign <bundle>')
+    .description('sign a bundle in OPA\'s format (/.signatures.json; an existing signature is replaced)')
+    .requiredOption('--key <pem>', 'private key PEM: ECDSA P-256 (ES256), RSA (RS256) or Ed25519 (EdDSA)')
+    .option('--key-id <kid>', 'key id written into the signature (the gateway picks its public key by it)', DEFAULT_KEY_ID)
+    .option('--out <file>', 'signed bundle to write (default: replace <bundle>)')
+    .option('--json', 'print JSON')
+    .action(async (file: string, options) => {
+      const runtime = rt();
+      const key = await loadSigningKey(path.resolve(options.key), options.keyId);
+      const result = await signBundle({ inFile: file, outFile: options.out, key });
+      if (options.json) runtime.out.json(result);
+      else {
+        runtime.out.line(
+          `signed ${result.outFile} key_id=${result.keyId} alg=${result.algorithm} files=${result.files}${result.replaced ? ' (replaced the previous signature)' : ''} sha256=${result.sha256}`,
+        );
+      }
+    });
+  bundle
+    .command('verify <bundle>')
+    .description('check a bundle\'s signature: every file listed and hashed, signed by this key (exit 0, or one line why not)')
+    .requiredOption('--public-key <pem>', 'public key PEM')
+    .option('--key-id <kid>', 'require the signature to name this key id (default: accept any key id)')
+    .option('--json', 'print JSON')
+    .action(async (file: string, options) => {
+      const runtime = rt();
+      const key = await loadVerificationKey(path.resolve(options.publicKey), options.keyId ?? DEFAULT_KEY_ID);
+      const result = await verifyBundleFile(path.resolve(file), { keys: [key], allowUnsigned: false, ignoreKeyId: options.keyId === undefined });
+      if (options.json) runtime.out.json(result);
+      else if (result.signed) runtime.out.line(`verified ${path.resolve(file)} key_id=${result.keyId} alg=${key.algorithm} files=${result.files}`);
     });
 }
