@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Rego unit tests + coverage gate for policies/ (see policies/README.md).
+# Rego unit tests + coverage gate + decision fixtures for policies/ (see policies/README.md), through
+# `caracal policy test` (the compiled CLI: run `npm run build` first; scripts/test.sh builds before this).
 #
 #   scripts/policy-test.sh            # uses $CARACAL_OPA_BIN, else `opa` on PATH
 #   POLICY_COVERAGE_MIN=95 scripts/policy-test.sh
+#   POLICY_JUNIT=out.xml scripts/policy-test.sh   # JUnit report (default: coverage/policy-test-junit.xml)
 #
-# Output: `opa test -v`, the coverage, and a final line exactly "N passed, N failed" (opa tests).
-# Exit status is non-zero when a test fails, the policies do not load, or coverage is below the gate.
+# Output: the text summary (Rego tests, coverage, fixtures on the WASM and through opa eval), the JUnit
+# report's path, and a final line exactly "N passed, N failed" (Rego tests + coverage gate + fixtures).
+# Exit status: `caracal policy test`'s (0 all passed, 3 Rego test, 4 coverage, 5 fixture, 6 compile, 1 error).
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
@@ -19,51 +22,20 @@ if [[ -z "$OPA" || ! -x "$OPA" ]]; then
   echo "0 passed, 1 failed"
   exit 1
 fi
-MIN="${POLICY_COVERAGE_MIN:-90}"
-POLICIES=policies/
-
-status=0
-"$OPA" test "$POLICIES" -v || status=1
-
-results="$("$OPA" test "$POLICIES" --format=json 2>&1)"
-counts="$(printf '%s' "$results" | node -e '
-  let s = "";
-  process.stdin.on("data", (d) => (s += d)).on("end", () => {
-    let r;
-    try { r = JSON.parse(s); } catch { process.stdout.write("error"); return; }
-    if (!Array.isArray(r)) { process.stdout.write("error"); return; }
-    const failed = r.filter((t) => t.fail || t.error).length;
-    const passed = r.filter((t) => !t.fail && !t.error && !t.skip).length;
-    process.stdout.write(`${passed} ${failed}`);
-  });
-')"
-if [[ "$counts" == "error" || -z "$counts" ]]; then
-  echo "policy-test: opa could not load or run the tests (counted as 1 failure):" >&2
-  printf '%s\n' "$results" >&2
+if [[ ! -f dist/src/cli/main.js ]]; then
+  echo "policy-test: dist/ is not built (run npm run build)" >&2
   echo "0 passed, 1 failed"
   exit 1
 fi
-read -r passed failed <<<"$counts"
-[[ "$failed" -eq 0 ]] || status=1
+MIN="${POLICY_COVERAGE_MIN:-90}"
+JUNIT="${POLICY_JUNIT:-coverage/policy-test-junit.xml}"
+mkdir -p "$(dirname "$JUNIT")"
 
-coverage="$("$OPA" test "$POLICIES" --coverage --format=json 2>/dev/null | node -e '
-  let s = "";
-  process.stdin.on("data", (d) => (s += d)).on("end", () => {
-    try { const c = JSON.parse(s).coverage; process.stdout.write(typeof c === "number" ? String(c) : "error"); }
-    catch { process.stdout.write("error"); }
-  });
-')"
-if [[ "$failed" -ne 0 ]]; then
-  echo "coverage: not reported by opa while tests fail" >&2
-elif [[ "$coverage" == "error" || -z "$coverage" ]]; then
-  echo "policy-test: could not compute coverage" >&2
-  status=1
-elif node -e 'process.exit(Number(process.argv[1]) >= Number(process.argv[2]) ? 0 : 1)' "$coverage" "$MIN"; then
-  echo "coverage: ${coverage}% (gate ${MIN}%)"
-else
-  echo "coverage: ${coverage}% is below the ${MIN}% gate" >&2
-  status=1
+# The CLI prints "junit report: <file>", the text summary and, last, "N passed, N failed".
+node bin/caracal.js policy test --policies policies/ --coverage-min "$MIN" --opa "$OPA" --format junit --out "$JUNIT"
+status=$?
+if [[ "$status" -eq 1 || "$status" -eq 2 ]]; then
+  # An error before any result (the CLI printed one line on stderr): counted as one failure.
+  echo "0 passed, 1 failed"
 fi
-
-echo "${passed} passed, ${failed} failed"
 exit "$status"

@@ -1,6 +1,6 @@
 # Unit tests for caracal.authz: `opa test policies/ -v` (scripts/policy-test.sh adds the coverage gate).
 # The same rules are also exercised through the compiled WASM by test/unit/policy-engine.test.ts
-# with policies/fixtures/decisions.json.
+# with policies/fixtures/decisions.yaml.
 package caracal.authz_test
 
 import data.caracal.authz
@@ -210,7 +210,7 @@ test_deny_has_no_policy_ids if {
 }
 
 # --- the shared decision fixtures, through the interpreter ---------------------------------------
-# `opa test policies/` loads policies/fixtures/decisions.json as data.fixtures.
+# `opa test policies/` loads policies/fixtures/decisions.yaml as data.fixtures.
 
 test_fixtures_loaded if count(data.fixtures) >= 20
 

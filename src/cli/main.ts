@@ -17,6 +17,7 @@ import { registerPolicyCommands } from './commands/policy.js';
 import { registerServeCommands } from './commands/serve.js';
 import { registerSpendCommands } from './commands/spend.js';
 import { registerTokenCommands } from './commands/token.js';
+import { CliExit } from './exit.js';
 import type { Output } from './output.js';
 import { createRuntime, type CliRuntime } from './runtime.js';
 
@@ -67,6 +68,8 @@ export async function main(argv: string[], options: MainOptions = {}): Promise<n
     await program.parseAsync(argv);
     return 0;
   } catch (thrown) {
+    // The command printed its own report; only the exit code is left to pass on.
+    if (thrown instanceof CliExit) return thrown.exitCode;
     if (thrown instanceof CommanderError) {
       // Help and version exit 0; commander already printed its one-line error otherwise.
       return thrown.exitCode === 0 || thrown.code === 'commander.helpDisplayed' || thrown.code === 'commander.help' ? 0 : 2;

@@ -1,10 +1,11 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
 import { buildEvent, EVENT_TYPES, type CloudEvent, type DecisionData } from '../../src/events/cloudevents.js';
 import { POLICIES_DIR } from '../../src/paths.js';
 import type { DecisionInput } from '../../src/policy/engine.js';
 
-/** policies/fixtures/decisions.json: input → expected decision, shared by the WASM and opa eval tests. */
+/** policies/fixtures/decisions.yaml: input → expected decision, shared by the WASM and opa eval tests (and `caracal policy test`). */
 export interface Fixture {
   name: string;
   input: unknown;
@@ -12,7 +13,8 @@ export interface Fixture {
 }
 
 export async function loadFixtures(): Promise<Fixture[]> {
-  return JSON.parse(await readFile(path.join(POLICIES_DIR, 'fixtures', 'decisions.json'), 'utf8')) as Fixture[];
+  // YAML 1.1, as `opa test` reads it when it loads the file as data.fixtures.
+  return parseYaml(await readFile(path.join(POLICIES_DIR, 'fixtures', 'decisions.yaml'), 'utf8'), { version: '1.1' }) as Fixture[];
 }
 
 /** A well-formed input the policy allows. */

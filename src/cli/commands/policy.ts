@@ -1,5 +1,10 @@
-import type { Command } from 'commander';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { AuthorityPolicy } from '../../authority/stores/policies.js';
+import { POLICIES_DIR } from '../../paths.js';
+import { DEFAULT_COVERAGE_MIN, formatJunit, formatText, runPolicyTests } from '../../policy/policy-test.js';
+import { CliExit } from '../exit.js';
 import { printRecord } from '../output.js';
 import type { CliRuntime } from '../runtime.js';
 
@@ -49,4 +54,43 @@ export function registerPolicyCommands(program: Command, rt: () => CliRuntime): 
       if (options.json) runtime.out.json(policies);
       else runtime.out.table(policies as unknown as Record<string, unknown>[], POLICY_COLUMNS);
     });
+
+  policy
+    .command('test')
+    .description(
+      'Rego tests (opa test), coverage gate, and decision fixtures (fixtures/*.yaml) on the compiled WASM and through opa eval; ' +
+        'exit 0 all pass, 3 a Rego test failed, 4 coverage below the gate, 5 a fixture disagrees, 6 the policies do not compile',
+    )
+    .option('--policies <dir>', 'policies folder', POLICIES_DIR)
+    .option('--coverage-min <pct>', 'coverage gate in percent (0-100)', parsePercent, DEFAULT_COVERAGE_MIN)
+    .addOption(new Option('--format <format>', 'report format').choices(['text', 'junit']).default('text'))
+    .option('--out <file>', 'write the report to this file (default: stdout); with --format junit the text summary still goes to stdout')
+    .option('--opa <path>', 'opa binary (default: policy.opaBin / CARACAL_OPA_BIN)')
+    .action(async (options: { policies: string; coverageMin: number; format: 'text' | 'junit'; out?: string; opa?: string }) => {
+      const runtime = rt();
+      const report = await runPolicyTests({
+        opaBin: options.opa ?? runtime.config().policy.opaBin,
+        policiesDir: path.resolve(options.policies),
+        coverageMin: options.coverageMin,
+      });
+      const text = formatText(report);
+      const rendered = options.format === 'junit' ? formatJunit(report) : text;
+      if (options.out !== undefined) {
+        const outFile = path.resolve(options.out);
+        await writeFile(outFile, rendered);
+        if (options.format === 'junit') {
+          runtime.out.line(`junit report: ${outFile}`);
+          runtime.out.line(text.trimEnd());
+        }
+      } else {
+        runtime.out.line(rendered.trimEnd());
+      }
+      if (report.exitCode !== 0) throw new CliExit(report.exitCode);
+    });
+}
+
+function parsePercent(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 100) throw new InvalidArgumentError('expected a percentage between 0 and 100');
+  return n;
 }
