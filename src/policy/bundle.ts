@@ -66,11 +66,23 @@ export interface BuildBundleOptions {
   entrypoint?: string;
   /** Kill `opa` after this long (default 120 s). */
   timeoutMs?: number;
+  /**
+   * The build time recorded in the manifest. Default: `SOURCE_DATE_EPOCH` (seconds) when set — a
+   * reproducible build gives the same bytes for the same sources — else now.
+   */
+  buildTime?: Date;
+}
+
+/** What Caracal adds to the manifest, under `metadata.caracal` (OPA keeps `metadata` as it is). */
+export interface BuildMetadata {
+  build_time: string;
+  opa_version: string;
 }
 
 export interface BuiltBundle {
   outFile: string;
   revision: string;
+  metadata: BuildMetadata;
   /** Hex SHA-256 of the bundle file as written. */
   sha256: string;
 }
@@ -160,6 +172,25 @@ export async function wasmCapabilities(opaBin: string): Promise<Capabilities> {
   };
 }
 
+function buildTimeOf(given: Date | undefined): Date {
+  if (given) return given;
+  const epoch = process.env.SOURCE_DATE_EPOCH;
+  if (epoch !== undefined && /^\d{1,12}$/.test(epoch)) return new Date(Number(epoch) * 1000);
+  return new Date();
+}
+
+/** `opa version`'s first line, `Version: 1.22.2` → `1.22.2`. */
+async function opaVersion(opaBin: string): Promise<string> {
+  try {
+    const { stdout } = await run(opaBin, ['version'], { timeoutMs: 30_000 });
+    const version = /^Version:\s*(\S+)/m.exec(stdout)?.[1];
+    if (version) return version;
+  } catch (err) {
+    throw opaFailure(opaBin, err, 'opa version failed');
+  }
+  throw new CaracalError('CARACAL_VALIDATION', `${opaBin} version printed no "Version:" line`);
+}
+
 /**
  * `opa build -t wasm -e caracal/authz/decision --revision <rev>` over `policiesDir`, checked
  * against {@link wasmCapabilities}. Writes to a temporary name and renames, so a failed build
@@ -199,6 +230,14 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuiltBun
       throw failure;
     }
 
+    // The manifest also records when and with which opa the bundle was built.
+    const metadata: BuildMetadata = { build_time: buildTimeOf(options.buildTime).toISOString(), opa_version: await opaVersion(options.opaBin) };
+    const members = await readBundleFiles(await readFile(tmpOut), tmpOut);
+    const manifest = JSON.parse(members.get('.manifest')?.toString('utf8') ?? '{}') as BundleManifest;
+    const existing = typeof manifest.metadata === 'object' && manifest.metadata !== null ? (manifest.metadata as Record<string, unknown>) : {};
+    members.set('.manifest', Buffer.from(JSON.stringify({ ...manifest, metadata: { ...existing, caracal: metadata } }), 'utf8'));
+    await writeFile(tmpOut, writeBundleTarball(members));
+
     // Read it back with the runtime reader: what we write must be what the gateway can load.
     const bundle = await readBundle(tmpOut);
     if (bundle.manifest.revision !== options.revision) {
@@ -206,7 +245,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuiltBun
     }
     await rename(tmpOut, outFile);
     const sha256 = createHash('sha256').update(await readFile(outFile)).digest('hex');
-    return { outFile, revision: options.revision, sha256 };
+    return { outFile, revision: options.revision, metadata, sha256 };
   } finally {
     await rm(workDir, { recursive: true, force: true });
     await rm(tmpOut, { force: true });

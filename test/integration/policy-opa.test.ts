@@ -52,6 +52,7 @@ describe('policy bundle with the real opa binary', () => {
   let tmp: string;
   let fresh: PolicyEngine;
   let freshSha: string;
+  const BUILD_TIME = new Date('2026-01-01T00:00:00Z');
 
   beforeAll(async () => {
     // Fails (never skips) the suite when the services, opa included, were not provided.
@@ -62,6 +63,8 @@ describe('policy bundle with the real opa binary', () => {
       policiesDir: POLICIES_DIR,
       outFile: path.join(tmp, 'fresh', 'bundle.tar.gz'),
       revision: 'test-fresh',
+      // The build time is recorded in the manifest; pinned, the same sources give the same bytes.
+      buildTime: BUILD_TIME,
     });
     expect(built.revision).toBe('test-fresh');
     expect(built.sha256).toMatch(/^[0-9a-f]{64}$/);
@@ -80,6 +83,8 @@ describe('policy bundle with the real opa binary', () => {
       policiesDir: POLICIES_DIR,
       outFile: path.join(tmp, 'again', 'bundle.tar.gz'),
       revision: 'test-fresh',
+      // The build time is recorded in the manifest; pinned, the same sources give the same bytes.
+      buildTime: BUILD_TIME,
     });
     expect(again.sha256).toBe(freshSha);
   });

@@ -1,18 +1,21 @@
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DEFAULT_BUNDLE, PACKAGE_ROOT, POLICIES_DIR } from '../../paths.js';
 import { buildBundle, gitRevision, signBundle, verifyBundleFile } from '../../policy/bundle.js';
 import { DEFAULT_KEY_ID, loadSigningKey, loadVerificationKey } from '../../policy/signing.js';
+import { CaracalError } from '../../errors/catalog.js';
 import type { CliRuntime } from '../runtime.js';
 
 export function registerBundleCommands(program: Command, rt: () => CliRuntime): void {
   const bundle = program.command('bundle').description('policy bundles (Rego compiled to WASM)');
   bundle
     .command('build')
-    .description('compile policies with `opa build -t wasm` (revision = git commit)')
+    .description('compile policies with `opa build -t wasm` (revision = the git commit of the policies; a dirty tree is refused)')
     .option('--policies <dir>', 'Rego sources', POLICIES_DIR)
-    .option('--out <file>', 'bundle file to write', DEFAULT_BUNDLE)
+    .option('--out <file|dir/>', 'bundle file to write (a directory: <dir>/bundle.tar.gz)', DEFAULT_BUNDLE)
     .option('--revision <rev>', 'revision to stamp (default: the git commit of the policies)')
+    .option('--allow-dirty', 'build uncommitted policies anyway; the revision says so (<commit>-dirty, or uncommitted)')
     .option('--opa <path>', 'opa binary (default: policy.opaBin / CARACAL_OPA_BIN)')
     .option('--json', 'print JSON')
     .action(async (options) => {
@@ -21,11 +24,11 @@ export function registerBundleCommands(program: Command, rt: () => CliRuntime): 
       const result = await buildBundle({
         opaBin: options.opa ?? runtime.config().policy.opaBin,
         policiesDir,
-        outFile: path.resolve(options.out),
-        revision: options.revision ?? (await gitRevision(policiesDir === POLICIES_DIR ? PACKAGE_ROOT : policiesDir)),
+        outFile: await bundleOutFile(options.out),
+        revision: options.revision ?? (await committedRevision(policiesDir, options.allowDirty === true)),
       });
       if (options.json) runtime.out.json(result);
-      else runtime.out.line(`built ${result.outFile} revision=${result.revision} sha256=${result.sha256}`);
+      else runtime.out.line(`built ${result.outFile} revision=${result.revision} sha256=${result.sha256} opa=${result.metadata.opa_version} built_at=${result.metadata.build_time}`);
     });
 
   bundle
@@ -59,4 +62,27 @@ export function registerBundleCommands(program: Command, rt: () => CliRuntime): 
       if (options.json) runtime.out.json(result);
       else if (result.signed) runtime.out.line(`verified ${path.resolve(file)} key_id=${result.keyId} alg=${key.algorithm} files=${result.files}`);
     });
+}
+
+/**
+ * The git commit the policies are built from. A bundle's revision must name what it was built from, so uncommitted
+ * policies are refused unless `allowDirty`, and then the revision says so (`<commit>-dirty`, or `uncommitted`).
+ */
+async function committedRevision(policiesDir: string, allowDirty: boolean): Promise<string> {
+  const inPackage = policiesDir === POLICIES_DIR;
+  const revision = await gitRevision(inPackage ? PACKAGE_ROOT : policiesDir, inPackage ? 'policies' : '.');
+  if (allowDirty || /^[0-9a-f]{40,64}$/.test(revision)) return revision;
+  throw new CaracalError(
+    'CARACAL_VALIDATION',
+    revision === 'uncommitted'
+      ? `the policies in ${policiesDir} are not in a git commit: commit them, or pass --revision or --allow-dirty`
+      : `the policies in ${policiesDir} have uncommitted changes (git status): commit them, or pass --allow-dirty (revision ${revision})`,
+  );
+}
+
+/** `--out`: a file, or a directory (existing, or written with a trailing slash) that gets `bundle.tar.gz`. */
+async function bundleOutFile(out: string): Promise<string> {
+  const resolved = path.resolve(out);
+  const isDir = out.endsWith('/') || out.endsWith(path.sep) || (await stat(resolved).then((s) => s.isDirectory(), () => false));
+  return isDir ? path.join(resolved, 'bundle.tar.gz') : resolved;
 }
