@@ -316,9 +316,27 @@ export const ConfigSchema = z
           })
           .strict()
           .default({ publicKeys: [], allowUnsigned: false }),
+        /**
+         * Hot swap: with `intervalMs` > 0 the gateway polls `bundlePath` (mtime and size, then the
+         * SHA-256 of the content) and swaps in a changed bundle once it has loaded, passed the
+         * signature check and decided the smoke evaluation; a bad bundle is refused and the last
+         * good one keeps serving. 0 = off.
+         */
+        reload: z
+          .object({
+            intervalMs: z.coerce
+              .number()
+              .int()
+              .min(0)
+              .max(3_600_000)
+              .refine((ms) => ms === 0 || ms >= 100, { message: 'intervalMs must be 0 (off) or at least 100' })
+              .default(0),
+          })
+          .strict()
+          .default({ intervalMs: 0 }),
       })
       .strict()
-      .default({ opaBin: 'opa', signing: { publicKeys: [], allowUnsigned: false } }),
+      .default({ opaBin: 'opa', signing: { publicKeys: [], allowUnsigned: false }, reload: { intervalMs: 0 } }),
   })
   .strict();
 
@@ -357,6 +375,7 @@ export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
   CARACAL_SPOOL: { path: ['spool', 'enabled'] },
   CARACAL_SPOOL_DIR: { path: ['spool', 'dir'] },
   CARACAL_OPA_BIN: { path: ['policy', 'opaBin'] },
+  CARACAL_POLICY_RELOAD_MS: { path: ['policy', 'reload', 'intervalMs'] },
   CARACAL_LEDGER_ORIGIN: { path: ['ledger', 'origin'] },
   CARACAL_LEDGER_SIGNING_KEY: { path: ['ledger', 'signingKeyPath'] },
   CARACAL_LEDGER_BATCH_MAX_EVENTS: { path: ['ledger', 'batchMaxEvents'] },

@@ -15,7 +15,8 @@ import type { Authenticator, AuthResult } from './authenticate.js';
 import { clientErrorHandler, gatewayServerFactory, serverTimeouts } from './listener.js';
 import { lazyChildLogger, type Logger } from '../logging/logger.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
-import type { Decision, DecisionInput } from '../policy/engine.js';
+import { type Decision, type DecisionInput, smokeEvaluate } from '../policy/engine.js';
+import type { BundleWatcherStatus } from '../policy/bundle-watcher.js';
 import { buildDecisionInput, type AllowlistChecker } from './decision-input.js';
 import { newId } from '../util/ids.js';
 import { installErrorHandling } from './errors.js';
@@ -82,6 +83,8 @@ export interface GatewayDeps {
   spend?: SpendCounters;
   /** Where metering events go (calls to upstreams with a price table); unset: calls are not metered (tests of other things). */
   meteringTopic?: string;
+  /** The bundle hot-swap watcher's state, for /ready's policy check (only with policy.reload on). */
+  policyStatus?: () => BundleWatcherStatus;
 }
 
 /** One metered call, from its reservation to its metering event. */
@@ -112,6 +115,10 @@ class RequestState {
   upstream: string | undefined = undefined;
   dialect: UpstreamDialect | undefined = undefined;
   principalId: string | undefined = undefined;
+  /** Revision of the engine that decided this request (the one engine object it evaluated with). */
+  bundleRevision: string | undefined = undefined;
+  /** On /mcp: the engine that decides every message of this request (read once from the holder). */
+  mcpEngine: PolicyEvaluator | undefined = undefined;
   /** The one upstream URL of this request: judged, recorded and sent. */
   target: UpstreamTarget | undefined = undefined;
   /** The principal's concurrency slot, freed (once) when the request ends. */
@@ -215,7 +222,7 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
 
   app.get('/health', async () => ({ status: 'ok' }));
   app.get('/ready', async (_request, reply) => {
-    const checks: Record<string, { ok: boolean; latency_ms: number; error?: string; advisory?: true }> = {};
+    const checks: Record<string, PolicyCheck & { advisory?: true }> = {};
     await Promise.all(
       deps.readiness.map(async ({ name, check, advisory }) => {
         const started = performance.now();
@@ -228,10 +235,16 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         }
       }),
     );
-    checks.policy = policyCheck(deps.engine.current);
+    // One read of the holder: the check, its revision and bundle_revision describe the same engine.
+    const engine = deps.engine.current as PolicyEvaluator | undefined;
+    const policy: PolicyCheck = policyCheck(engine);
+    if (engine) policy.revision = engine.revision;
+    const watched = deps.policyStatus?.();
+    if (watched?.lastLoadError) policy.last_load_error = watched.lastLoadError;
+    checks.policy = policy;
     const ready = !closing && Object.values(checks).every((c) => c.ok || c.advisory === true);
     reply.code(ready ? 200 : 503);
-    return { status: ready ? 'ready' : closing ? 'shutting_down' : 'not_ready', bundle_revision: deps.engine.current?.revision ?? null, checks };
+    return { status: ready ? 'ready' : closing ? 'shutting_down' : 'not_ready', bundle_revision: engine?.revision ?? null, checks };
   });
   app.get('/.well-known/jwks.json', async (_request, reply) => {
     reply.header('cache-control', 'public, max-age=60');
@@ -257,7 +270,9 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       allow,
       reasons,
       policy_ids: policyIds,
-      bundle_revision: deps.engine.current?.revision ?? null,
+      // The deciding engine's revision (the one in x-caracal-bundle-revision); before a policy
+      // evaluation (e.g. a failed authentication), the revision serving now.
+      bundle_revision: state.bundleRevision ?? deps.engine.current?.revision ?? null,
       status,
     };
     try {
@@ -338,7 +353,10 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       );
       const input = built instanceof Promise ? await built : built;
       input.limits = lease.facts;
+      // Read once: this engine decides, and its revision is the one reported and recorded.
       const engine = deps.engine.current;
+      state.bundleRevision = engine.revision;
+      reply.header('x-caracal-bundle-revision', revisionHeader(engine.revision));
       const evalStarted = process.hrtime.bigint();
       const decision = engine.evaluate(input);
       series.evaluation(Number(process.hrtime.bigint() - evalStarted) / 1e9, decision.outcome, decision.allow);
@@ -641,29 +659,32 @@ function retryPolicy(upstream: UpstreamConfig, metrics: GatewayMetrics) {
   };
 }
 
-/** The policy check of /ready: the loaded bundle must actually decide (a smoke evaluation). */
-const SMOKE_INPUT: DecisionInput = {
-  principal: null,
-  policies: [],
-  mandate: null,
-  request: { upstream: 'ready-check', method: 'GET', path: '/', resource: 'api:external/ready-check', action: 'read' },
-  allowlist: { checked: true, matched: false, entry_id: null },
-  emergency: { global: false, principal: false },
-  auth: { method: 'caracal-token' },
-  now: 0,
-};
+/** One entry of /ready's checks; the policy check also names the revision and the last refused bundle. */
+interface PolicyCheck {
+  ok: boolean;
+  latency_ms: number;
+  error?: string;
+  revision?: string;
+  last_load_error?: BundleWatcherStatus['lastLoadError'];
+}
 
-function policyCheck(engine: PolicyEvaluator | undefined): { ok: boolean; latency_ms: number; error?: string } {
+/** The policy check of /ready: the loaded bundle must actually decide (a smoke evaluation). */
+function policyCheck(engine: PolicyEvaluator | undefined): PolicyCheck {
   const started = performance.now();
   try {
     if (!engine) throw new Error('no policy bundle is loaded');
-    const probe = engine.evaluate({ ...SMOKE_INPUT, now: Math.floor(Date.now() / 1000) });
-    if (probe.outcome !== 'result') throw new Error(`the policy bundle did not decide (outcome ${probe.outcome})`);
-    if (probe.allow) throw new Error('the policy bundle allowed an anonymous request');
+    smokeEvaluate(engine);
     return { ok: true, latency_ms: Math.round(performance.now() - started) };
   } catch (err) {
     return { ok: false, latency_ms: Math.round(performance.now() - started), error: (err as Error).message.split('\n')[0]! };
   }
+}
+
+const HEADER_SAFE = /^[\x21-\x7e]{1,256}$/;
+
+/** A bundle revision as a header value (a manifest may hold anything; a bad header value would be a 500). */
+export function revisionHeader(revision: string): string {
+  return HEADER_SAFE.test(revision) ? revision : encodeURIComponent(revision.slice(0, 256)) || 'unknown';
 }
 
 /**

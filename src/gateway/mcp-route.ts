@@ -61,6 +61,7 @@ import { agentResponseHeaders, upstreamRequestHeaders } from './forwarded-header
 import { rateLimited, type PrincipalLimiter, type SourceLimiter } from './limits.js';
 import { resolveMandate } from './mandate-binding.js';
 import { readBody } from './metering.js';
+import { revisionHeader } from './app.js';
 import { McpSessions, RequestSlots } from './mcp-sessions.js';
 import type { GatewayDeps } from './app.js';
 
@@ -248,6 +249,11 @@ class McpServerRoute {
     state.decisionId = newId();
     assertDeclaredLength(request.headers['content-length'], this.maxBody);
     const caller = await this.authenticate(request);
+    // One engine decides every message of this request, and its revision is the one reported and recorded.
+    const engine = this.route.deps.engine.current;
+    state.mcpEngine = engine;
+    state.bundleRevision = engine.revision;
+    reply.header('x-caracal-bundle-revision', revisionHeader(engine.revision));
 
     const sessionHeader = request.headers['mcp-session-id'];
     let sessionId: string | null = null;
@@ -271,7 +277,7 @@ class McpServerRoute {
       // Opening the event stream, or ending the session: session plumbing on this server.
       const method = request.method === 'GET' ? 'GET' : 'DELETE';
       const action: McpAction = { kind: 'session', resource: `mcp:${this.upstream.name}`, action: 'session', method };
-      const decision = this.evaluate({ ...base, request: { ...base.request, mcp_method: method } });
+      const decision = this.evaluate(request, { ...base, request: { ...base.request, mcp_method: method } });
       const judged: Judged = { message: { kind: 'notification', method, params: undefined, json: {} }, action, decisionId: newId(), allow: decision.allow, reasons: decision.reasons };
       // A stream beyond the caller's share is refused, and recorded as such (not as the allow the policy gave).
       const opened = method === 'GET' && judged.allow ? this.sessions.openStream(caller.verified.principalId) : null;
@@ -344,7 +350,7 @@ class McpServerRoute {
         malformed.push(reasons);
         continue;
       }
-      judged.push(this.decide(base, message));
+      judged.push(this.decide(request, base, message));
     }
     const exchange = newExchange(end);
     try {
@@ -432,12 +438,13 @@ class McpServerRoute {
     return input;
   }
 
-  private evaluate(input: DecisionInput): Decision {
-    return this.route.deps.engine.current.evaluate(input);
+  /** Evaluates with the engine that decides this request (read once per request: a hot swap never splits one). */
+  private evaluate(request: FastifyRequest, input: DecisionInput): Decision {
+    return (request.caracal.mcpEngine ?? this.route.deps.engine.current).evaluate(input);
   }
 
   /** Decides one message (synchronously: the facts are in `base`). */
-  private decide(base: DecisionInput, message: McpMessage): Judged {
+  private decide(request: FastifyRequest, base: DecisionInput, message: McpMessage): Judged {
     const server = this.upstream.name;
     const action = classify(message, server);
     const decisionId = newId();
@@ -448,7 +455,7 @@ class McpServerRoute {
     if (action.kind === 'tool') Object.assign(fact, { tool: action.tool, arguments: action.arguments });
     else if (action.kind === 'resource') fact.uri = action.uri;
     else if (action.kind === 'prompt') Object.assign(fact, { prompt: action.prompt, arguments: action.arguments });
-    const decision = this.evaluate({ ...base, request: fact });
+    const decision = this.evaluate(request, { ...base, request: fact });
     return { message, action, decisionId, allow: decision.allow, reasons: decision.reasons };
   }
 
@@ -603,7 +610,7 @@ class McpServerRoute {
       allow: d.allow,
       reasons: d.reasons,
       policy_ids: [],
-      bundle_revision: deps.engine.current?.revision ?? null,
+      bundle_revision: request.caracal.bundleRevision ?? deps.engine.current?.revision ?? null,
       status: d.status,
       ...(d.mcp ? { mcp: d.mcp } : {}),
     };
@@ -635,7 +642,7 @@ class McpServerRoute {
       if (method === 'tools/list') Object.assign(fact, { resource: toolResource(server, name), action: 'call', tool: name });
       else if (method === 'prompts/list') Object.assign(fact, { resource: promptResource(server, name), action: 'get', prompt: name });
       else Object.assign(fact, { resource: resourceResource(server, name), action: 'read', uri: name });
-      const allow = this.evaluate({ ...base, request: fact }).allow;
+      const allow = this.route.deps.engine.current.evaluate({ ...base, request: fact }).allow;
       seen.set(key, allow);
       return allow;
     };

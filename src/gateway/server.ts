@@ -24,6 +24,7 @@ import { sleep } from '../util/retry.js';
 import { CaracalError } from '../errors/catalog.js';
 import { DEFAULT_BUNDLE } from '../paths.js';
 import { PolicyEngine } from '../policy/engine.js';
+import { BundleWatcher } from '../policy/bundle-watcher.js';
 import { HomeLock, newAdminToken } from '../store/home.js';
 import { migrateUp } from '../store/migrate.js';
 import { buildAdminApp } from './admin.js';
@@ -37,7 +38,9 @@ export interface AssembledGateway {
   facts: AuthorityFacts;
   tokenCache: VerifiedTokenCache;
   engine: { current: PolicyEvaluator };
-  /** Stops the lifecycle subscription (the context is the caller's to close). */
+  /** Polls the bundle file and swaps `engine.current` (only with `policy.reload.intervalMs` > 0). */
+  bundleWatcher?: BundleWatcher;
+  /** Stops the bundle watcher and the lifecycle subscription (the context is the caller's to close). */
   stop(): Promise<void>;
 }
 
@@ -60,9 +63,20 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
   // broker is down serves from its spool and attaches to the log when it is back.
   let events: EventLog | null = await openEventLog(ctx, config.spool.enabled, log);
   if (prepare) await migrateUp(ctx.db);
-  const engine = { current: options.engine ?? ((await PolicyEngine.fromBundleFile(config.policy.bundlePath ?? DEFAULT_BUNDLE, { signing: config.policy.signing })) as PolicyEvaluator) };
   const metrics = options.metrics ?? new GatewayMetrics();
-  metrics.bundleInfo.set({ revision: engine.current.revision }, 1);
+  const bundleFile = config.policy.bundlePath ?? DEFAULT_BUNDLE;
+  // With policy.reload on (and the real engine), a watcher loads the bundle and owns the holder:
+  // it swaps `current` when the file changes (src/policy/bundle-watcher.ts).
+  const watcher =
+    !options.engine && config.policy.reload.intervalMs > 0
+      ? await BundleWatcher.open({ file: bundleFile, intervalMs: config.policy.reload.intervalMs, signing: config.policy.signing, logger: log, metrics })
+      : null;
+  const engine: { current: PolicyEvaluator } =
+    watcher?.holder ?? { current: options.engine ?? ((await PolicyEngine.fromBundleFile(bundleFile, { signing: config.policy.signing })) as PolicyEvaluator) };
+  if (!watcher) {
+    metrics.bundleInfo.reset();
+    metrics.bundleInfo.set({ revision: engine.current.revision }, 1);
+  }
   const ring = await ctx.keyRing();
   const facts = new AuthorityFacts(ctx.db, ctx.logger);
   const tokenCache = new VerifiedTokenCache(config.auth.verifiedTokenCacheSize);
@@ -198,14 +212,18 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     source: `caracal/gateway/${ctx.instanceId}`,
     ledgerDb: ctx.db,
     spend,
+    ...(watcher ? { policyStatus: () => watcher.status() } : {}),
   });
+  watcher?.start();
   return {
     gateway,
     metrics,
     facts,
     tokenCache,
     engine,
+    ...(watcher ? { bundleWatcher: watcher } : {}),
     stop: async () => {
+      await watcher?.stop();
       clearInterval(catchUp);
       attaching.abort();
       await (subscription as Subscription | null)?.stop();

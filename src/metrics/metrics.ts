@@ -15,6 +15,7 @@ export class GatewayMetrics {
   readonly tokenCache: Counter<'result'>;
   readonly eventsPublished: Counter<'topic' | 'result'>;
   readonly bundleInfo: Gauge<'revision'>;
+  readonly bundleLoadErrors: Counter<string>;
   readonly inFlight: Gauge<string>;
   readonly clientAborts: Counter<'upstream'>;
   readonly upstreamRetries: Counter<'upstream'>;
@@ -70,6 +71,11 @@ export class GatewayMetrics {
       name: 'caracal_policy_bundle_info',
       help: 'The active policy bundle revision (value is always 1)',
       labelNames: ['revision'],
+      registers,
+    });
+    this.bundleLoadErrors = new Counter({
+      name: 'caracal_policy_bundle_load_errors_total',
+      help: 'Policy bundles the hot-swap watcher refused (unreadable, corrupt, badly signed, not WASM, failing the smoke evaluation)',
       registers,
     });
     this.inFlight = new Gauge({ name: 'caracal_gateway_in_flight_requests', help: 'Requests being handled', registers });

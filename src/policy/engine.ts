@@ -10,8 +10,8 @@
 import { loadPolicy } from '@open-policy-agent/opa-wasm';
 
 import { CaracalError, toError } from '../errors/catalog.js';
-import { type Bundle, type BundleManifest, DECISION_ENTRYPOINT, readBundle } from './bundle.js';
-import { type BundleSigningConfig, loadBundleVerification } from './signing.js';
+import { type Bundle, type BundleManifest, DECISION_ENTRYPOINT, parseBundle, readBundle } from './bundle.js';
+import { type BundleSigningConfig, type BundleVerification, loadBundleVerification } from './signing.js';
 
 export { DECISION_ENTRYPOINT };
 
@@ -158,6 +158,18 @@ export class PolicyEngine {
     return PolicyEngine.fromBundle(await readBundle(file, { verification }), options);
   }
 
+  /**
+   * Loads a bundle already read into memory (the hot-swap path: the bytes that were hashed are
+   * the bytes that are loaded). With `verification` holding keys, the signature is checked first.
+   */
+  static async fromBundleBytes(
+    gzipped: Buffer,
+    source: string,
+    options: EngineOptions & { verification?: BundleVerification } = {},
+  ): Promise<PolicyEngine> {
+    return PolicyEngine.fromBundle(await parseBundle(gzipped, source, { verification: options.verification }), options);
+  }
+
   static async fromBundle(
     bundle: Pick<Bundle, 'wasm' | 'data'> & { manifest: BundleManifest },
     options: EngineOptions = {},
@@ -233,4 +245,31 @@ export class PolicyEngine {
       return denied(ENGINE_REASONS.error, 'error', thrownToError(thrown));
     }
   }
+}
+
+/** What a smoke evaluation needs of an engine (PolicyEngine, or a stand-in). */
+export interface SmokeEvaluable {
+  evaluate(input: DecisionInput): Decision;
+}
+
+/**
+ * The smoke evaluation: an anonymous request to a made-up upstream. A loaded bundle must decide
+ * it (outcome `result`) and deny it. Used by /ready's policy check and before a hot swap.
+ */
+export const SMOKE_INPUT: Readonly<DecisionInput> = {
+  principal: null,
+  policies: [],
+  mandate: null,
+  request: { upstream: 'ready-check', method: 'GET', path: '/', resource: 'api:external/ready-check', action: 'read' },
+  allowlist: { checked: true, matched: false, entry_id: null },
+  emergency: { global: false, principal: false },
+  auth: { method: 'caracal-token' },
+  now: 0,
+};
+
+/** Throws (with a one-line message) unless the engine decides the smoke input and denies it. */
+export function smokeEvaluate(engine: SmokeEvaluable, now = Math.floor(Date.now() / 1000)): void {
+  const probe = engine.evaluate({ ...SMOKE_INPUT, now });
+  if (probe.outcome !== 'result') throw new Error(`the policy bundle did not decide (outcome ${probe.outcome})`);
+  if (probe.allow) throw new Error('the policy bundle allowed an anonymous request');
 }

@@ -942,3 +942,21 @@ describe('sessions', () => {
     expect(await ping(victim.token, victimSession)).toMatchObject({ status: 200, body: { result: {} } });
   }, 60_000);
 });
+
+describe('bundle revision', () => {
+  // With hot swap, one request's messages are decided by one engine: its revision is in the response and the events.
+  it('names the revision that decided the messages in the response header and in every decision event', async () => {
+    const agent = await newAgent(['mcp:code/*']);
+    const sessionId = await initialize('code', agent.token);
+    const requestId = `revision-${Date.now()}`;
+    const response = await post('code', sessionHeaders(agent.token, sessionId, PROTOCOL, { 'x-request-id': requestId }), { jsonrpc: '2.0', id: 1, method: 'tools/list' });
+    await response.text();
+    const revision = response.headers.get('x-caracal-bundle-revision');
+    expect(revision).toBe((await h.assembled.gateway.app.inject({ url: '/ready' })).json().bundle_revision);
+    expect(revision).toMatch(/.+/);
+    const decisions = await decisionsOf(agent.id, (all) => all.some((d) => d.request_id === requestId));
+    const mine = decisions.filter((d) => d.request_id === requestId);
+    expect(mine.length).toBeGreaterThan(0);
+    for (const d of mine) expect(d.bundle_revision).toBe(revision);
+  }, 30_000);
+});
