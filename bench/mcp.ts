@@ -31,13 +31,13 @@
  * the decision events, 30), BENCH_MCP_TIMEOUT (seconds before the whole bench gives up, 600).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { cpuSeconds } from './proc-cpu.js';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const CALLS = env('BENCH_MCP_CALLS', 2_000);
@@ -105,17 +105,6 @@ const watchdog = setTimeout(() => {
   process.exit(1);
 }, TIMEOUT_S * 1_000);
 watchdog.unref();
-
-/** CPU seconds (user + system) a process has used so far, from /proc (Linux, USER_HZ 100); undefined elsewhere. */
-function cpuSeconds(pid: number | undefined): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return undefined;
-  }
-}
 
 interface Peer {
   mode: Mode;

@@ -40,6 +40,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
+import { cpuSeconds } from './proc-cpu.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 8);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -97,20 +98,6 @@ interface Sample {
   principals?: number;
   /** CPU time of the proxy's process per answered request, µs (Linux); what noise on a shared machine moves least. */
   cpuUs?: number;
-}
-
-/**
- * CPU seconds (user + system) a process has used so far, from /proc (Linux; USER_HZ is 100 on
- * every Linux the bench runs on); undefined elsewhere.
- */
-function cpuSeconds(pid: number | undefined): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return undefined;
-  }
 }
 
 interface ServerStats {

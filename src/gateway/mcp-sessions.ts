@@ -125,9 +125,7 @@ export class McpSessions {
         if (released) return;
         released = true;
         this.streamCount--;
-        const left = (this.streams.get(principal) ?? 1) - 1;
-        if (left > 0) this.streams.set(principal, left);
-        else this.streams.delete(principal);
+        decrement(this.streams, principal);
       },
     };
   }
@@ -234,8 +232,13 @@ export class RequestSlots {
   }
 
   private unhold(principal: string): void {
-    const left = (this.held.get(principal) ?? 1) - 1;
-    if (left > 0) this.held.set(principal, left);
-    else this.held.delete(principal);
+    decrement(this.held, principal);
   }
+}
+
+/** One less for `key`; a count that reaches zero is removed, so the map holds only principals with something open. */
+function decrement(counts: Map<string, number>, key: string): void {
+  const left = (counts.get(key) ?? 1) - 1;
+  if (left > 0) counts.set(key, left);
+  else counts.delete(key);
 }
