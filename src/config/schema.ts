@@ -334,9 +334,38 @@ export const ConfigSchema = z
           })
           .strict()
           .default({ intervalMs: 0 }),
+        /**
+         * Where the gateway takes its bundle from: unset = `bundlePath` (a file); `db` = the bundle store in the
+         * configured database; `dir:<path>` = a directory store; an `http(s)://` URL = a bundle server (another
+         * gateway's admin listener, or any server speaking OPA's bundle service API: GET with If-None-Match).
+         * With a store the gateway serves the store's *active* revision (and evaluates its *shadow* revision
+         * alongside, without enforcing it), polled every `reload.intervalMs` (5 s when that is 0).
+         */
+        store: z
+          .string()
+          .min(1)
+          .refine((s) => s === 'db' || s.startsWith('dir:') || /^https?:\/\//.test(s), { message: 'must be db, dir:<path> or an http(s):// URL' })
+          .optional(),
+        /** Bearer token for an http(s) store (a gateway's admin credential); from CARACAL_POLICY_STORE_TOKEN, never the YAML file's plain text in production. */
+        storeToken: z.string().min(1).optional(),
+        /**
+         * The policy input recorded in each decision event, so the decision can be replayed (`bundle diff`). Values
+         * under the `redact` paths (dot paths into the input; every leaf under one is replaced by "[redacted]", the
+         * structure kept) are not recorded; an MCP upstream with `recordArguments: true` keeps its arguments.
+         */
+        recordInput: z
+          .object({
+            enabled: z.boolean().default(true),
+            redact: z
+              .array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/, { message: 'a dot path such as request.arguments' }))
+              .max(64)
+              .default(['request.arguments']),
+          })
+          .strict()
+          .default({ enabled: true, redact: ['request.arguments'] }),
       })
       .strict()
-      .default({ opaBin: 'opa', signing: { publicKeys: [], allowUnsigned: false }, reload: { intervalMs: 0 } }),
+      .default({ opaBin: 'opa', signing: { publicKeys: [], allowUnsigned: false }, reload: { intervalMs: 0 }, recordInput: { enabled: true, redact: ['request.arguments'] } }),
   })
   .strict();
 
@@ -376,6 +405,8 @@ export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
   CARACAL_SPOOL_DIR: { path: ['spool', 'dir'] },
   CARACAL_OPA_BIN: { path: ['policy', 'opaBin'] },
   CARACAL_POLICY_RELOAD_MS: { path: ['policy', 'reload', 'intervalMs'] },
+  CARACAL_POLICY_STORE: { path: ['policy', 'store'] },
+  CARACAL_POLICY_STORE_TOKEN: { path: ['policy', 'storeToken'] },
   CARACAL_LEDGER_ORIGIN: { path: ['ledger', 'origin'] },
   CARACAL_LEDGER_SIGNING_KEY: { path: ['ledger', 'signingKeyPath'] },
   CARACAL_LEDGER_BATCH_MAX_EVENTS: { path: ['ledger', 'batchMaxEvents'] },

@@ -41,6 +41,24 @@ export const DecisionDataSchema = z
     policy_ids: z.array(z.string()),
     bundle_revision: z.string().nullable(),
     status: z.number().int(),
+    /**
+     * The policy input the decision was made on (policy.recordInput), so it can be replayed through another bundle
+     * (`caracal bundle diff`). Absent when recording is off or the request was refused before an input was built.
+     */
+    input: z.record(z.string(), z.unknown()).optional(),
+    /** Dot paths of `input` whose leaf values were replaced by "[redacted]": a replay may decide differently there. */
+    input_redactions: z.array(z.string().min(1).max(256)).max(64).optional(),
+    /** The shadow bundle's decision on the same input (evaluated, never enforced), while a shadow revision is set. */
+    shadow: z
+      .object({
+        revision: z.string().min(1),
+        allow: z.boolean(),
+        reasons: z.array(z.string()),
+        /** Both the allow and the (sorted) reasons are the same as the enforced decision's. */
+        agrees: z.boolean(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 

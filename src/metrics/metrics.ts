@@ -16,6 +16,8 @@ export class GatewayMetrics {
   readonly eventsPublished: Counter<'topic' | 'result'>;
   readonly bundleInfo: Gauge<'revision'>;
   readonly bundleLoadErrors: Counter<string>;
+  readonly shadowBundleInfo: Gauge<'revision'>;
+  readonly shadowDecisions: Counter<'agreement'>;
   readonly inFlight: Gauge<string>;
   readonly clientAborts: Counter<'upstream'>;
   readonly upstreamRetries: Counter<'upstream'>;
@@ -76,6 +78,18 @@ export class GatewayMetrics {
     this.bundleLoadErrors = new Counter({
       name: 'caracal_policy_bundle_load_errors_total',
       help: 'Policy bundles the hot-swap watcher refused (unreadable, corrupt, badly signed, not WASM, failing the smoke evaluation)',
+      registers,
+    });
+    this.shadowBundleInfo = new Gauge({
+      name: 'caracal_policy_shadow_bundle_info',
+      help: 'The shadow policy bundle revision, evaluated alongside the active one and never enforced (value is always 1; no series: no shadow)',
+      labelNames: ['revision'],
+      registers,
+    });
+    this.shadowDecisions = new Counter({
+      name: 'caracal_policy_shadow_decisions_total',
+      help: 'Decisions the shadow bundle also made, by whether it agreed with the enforced one (agree, disagree)',
+      labelNames: ['agreement'],
       registers,
     });
     this.inFlight = new Gauge({ name: 'caracal_gateway_in_flight_requests', help: 'Requests being handled', registers });
