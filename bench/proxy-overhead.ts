@@ -189,6 +189,8 @@ const specs: PeerSpec[] = [
   // The embedded default as configured (decisions durable in the local spool, shipped to PGlite).
   { letter: 'b', name: 'b  caracal gateway, embedded default', args: ['gateway', u], env: embeddedEnv },
   { letter: 'w', name: 'w  as b, spool off: waits for PGlite per request', args: ['gateway', u, '--no-spool'], env: embeddedEnv },
+  // What recording each decision's policy input (for replay) costs: b without it.
+  { letter: 'i', name: 'i  as b, policy inputs not recorded in events', args: ['gateway', u], env: { ...embeddedEnv, CARACAL_POLICY_RECORD_INPUT: 'false' } },
   // Metering: a priced upstream, every call costed and a metering event recorded.
   { letter: 'm', name: 'm  as b, priced upstream (metered, no budget)', args: ['gateway', u, '--priced'], env: embeddedEnv },
   // Budgets: as m, and a budget that never runs out, so every call is also reserved and settled.

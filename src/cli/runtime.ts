@@ -12,6 +12,8 @@ import { createOutput, type Output } from './output.js';
 
 export interface CliRuntime {
   out: Output;
+  /** The environment the CLI was started with (credentials such as CARACAL_ADMIN_TOKEN are read from it). */
+  readonly env: NodeJS.ProcessEnv;
   config(): Readonly<CaracalConfig>;
   /** Runs `fn` with a context on the configured database (locking the embedded one), then closes it. */
   withContext<T>(fn: (ctx: AppContext) => Promise<T>, options?: { migrate?: boolean }): Promise<T>;
@@ -26,6 +28,7 @@ export function createRuntime(options: { configPath?: string; out?: Output; env?
   let config: Readonly<CaracalConfig> | undefined;
   const env = options.env ?? process.env;
   const runtime: CliRuntime = {
+    env,
     out: options.out ?? createOutput(),
     config: () => (config ??= loadConfig({ configPath: options.configPath, env })),
     async withContext(fn, { migrate = false } = {}) {
@@ -74,8 +77,8 @@ function quietLogger(cfg: CaracalConfig) {
 export interface AdminTarget {
   url: string;
   token: string;
-  /** Who named it, for the error messages: the environment or the running embedded gateway. */
-  source: 'env' | 'runtime';
+  /** Who named it, for the error messages: CARACAL_ADMIN_URL, a command's store flag (the token from CARACAL_ADMIN_TOKEN), or the running embedded gateway. */
+  source: 'env' | 'flag' | 'runtime';
 }
 
 /**
@@ -109,7 +112,8 @@ export const ADMIN_CALL_TIMEOUT_MS = 30_000;
  * when the CLI runs the operation itself).
  */
 export async function callAdminApi<T>(target: AdminTarget, name: string, args: Record<string, unknown>, { timeoutMs = ADMIN_CALL_TIMEOUT_MS } = {}): Promise<T> {
-  const where = target.source === 'env' ? `the admin API at ${target.url} (CARACAL_ADMIN_URL)` : `the running gateway's admin API at ${target.url}`;
+  const where =
+    target.source === 'env' ? `the admin API at ${target.url} (CARACAL_ADMIN_URL)` : target.source === 'flag' ? `the admin API at ${target.url}` : `the running gateway's admin API at ${target.url}`;
   const signal = AbortSignal.timeout(timeoutMs);
   let response: Response;
   let text: string;
@@ -128,7 +132,7 @@ export async function callAdminApi<T>(target: AdminTarget, name: string, args: R
     throw new CaracalError('CARACAL_DEPENDENCY', `${where} is not reachable (${networkReason(err)})`, { cause: err, retriable: true });
   }
   if (response.status === 401) {
-    const hint = target.source === 'env' ? 'check CARACAL_ADMIN_TOKEN' : 'the gateway may have restarted with a new credential; try again';
+    const hint = target.source !== 'runtime' ? 'check CARACAL_ADMIN_TOKEN' : 'the gateway may have restarted with a new credential; try again';
     throw new CaracalError('CARACAL_ADMIN_UNAUTHENTICATED', `${where} refused the admin credential (401): ${hint}`);
   }
   const body = parseJsonObject(text);

@@ -355,7 +355,7 @@ export const ConfigSchema = z
          */
         recordInput: z
           .object({
-            enabled: z.boolean().default(true),
+            enabled: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]).default(true),
             redact: z
               .array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/, { message: 'a dot path such as request.arguments' }))
               .max(64)
@@ -407,6 +407,7 @@ export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
   CARACAL_POLICY_RELOAD_MS: { path: ['policy', 'reload', 'intervalMs'] },
   CARACAL_POLICY_STORE: { path: ['policy', 'store'] },
   CARACAL_POLICY_STORE_TOKEN: { path: ['policy', 'storeToken'] },
+  CARACAL_POLICY_RECORD_INPUT: { path: ['policy', 'recordInput', 'enabled'] },
   CARACAL_LEDGER_ORIGIN: { path: ['ledger', 'origin'] },
   CARACAL_LEDGER_SIGNING_KEY: { path: ['ledger', 'signingKeyPath'] },
   CARACAL_LEDGER_BATCH_MAX_EVENTS: { path: ['ledger', 'batchMaxEvents'] },

@@ -218,6 +218,10 @@ export function buildDecisionEvent(source: string, data: DecisionData, now: Date
   // gateway's path, which always knows the URL or that there is none).
   if (checked.upstream_url === undefined) delete checked.upstream_url;
   if (data.mcp !== undefined) checked.mcp = data.mcp;
+  // In the schema's key order, after status; each only when present.
+  if (data.input !== undefined) checked.input = data.input;
+  if (data.input_redactions !== undefined) checked.input_redactions = data.input_redactions;
+  if (data.shadow !== undefined) checked.shadow = data.shadow;
   // What the hand check doubts goes through the schema: it throws with its own message (so a refusal reads the same
   // whichever builder found it), or passes and its output (in the schema's key order) is the data.
   const result = decisionDataProblem(checked) === null ? checked : DecisionDataSchema.parse(checked);
@@ -255,7 +259,39 @@ function decisionDataProblem(data: DecisionData): string | null {
   if (!isTextList(data.reasons)) return 'reasons';
   if (!isTextList(data.policy_ids)) return 'policy_ids';
   if (!Number.isSafeInteger(data.status)) return 'status';
+  if (data.input !== undefined && !isPlainRecord(data.input)) return 'input';
+  if (data.input_redactions !== undefined && !isRedactionList(data.input_redactions)) return 'input_redactions';
+  if (data.shadow !== undefined && !isShadow(data.shadow)) return 'shadow';
   return null;
+}
+
+/**
+ * The policy input is a plain object the gateway built itself: its members are not walked (the schema does not walk
+ * them either, they are `unknown`). What zod's record would refuse or change goes to the schema: a class instance, an
+ * array, an own `constructor` (zod judges plainness by it) or an own `__proto__` (zod drops it).
+ */
+function isPlainRecord(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const prototype: unknown = Object.getPrototypeOf(value);
+  return (prototype === Object.prototype || prototype === null) && !Object.hasOwn(value, 'constructor') && !Object.hasOwn(value, '__proto__');
+}
+
+function isRedactionList(value: unknown): boolean {
+  if (!isTextList(value) || (value as string[]).length > 64) return false;
+  for (const path of value as string[]) if (path.length === 0 || path.length > 256) return false;
+  return true;
+}
+
+const SHADOW_KEYS = 4;
+function isShadow(value: unknown): boolean {
+  if (!isPlainRecord(value)) return false;
+  const shadow = value as Record<string, unknown>;
+  // Exactly the schema's keys (it is strict): four own keys, each of them one of the four.
+  if (Object.keys(shadow).length !== SHADOW_KEYS) return false;
+  if (!isText(shadow.revision) || shadow.revision.length === 0 || !Object.hasOwn(shadow, 'revision')) return false;
+  if (typeof shadow.allow !== 'boolean' || !Object.hasOwn(shadow, 'allow')) return false;
+  if (typeof shadow.agrees !== 'boolean' || !Object.hasOwn(shadow, 'agrees')) return false;
+  return isTextList(shadow.reasons) && Object.hasOwn(shadow, 'reasons');
 }
 
 /**

@@ -8,6 +8,7 @@ import type { Logger } from '../logging/logger.js';
 import type { Operation } from '../operations/define.js';
 import { OPERATIONS } from '../operations/index.js';
 import { adminTokenActor, runAuditedOperation } from '../audit/admin-actions.js';
+import { registerBundleServer, servedStoreOf } from './bundle-server.js';
 import { installErrorHandling } from './errors.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
 
@@ -76,6 +77,8 @@ export async function buildAdminApp(ctx: AppContext, adminToken: string): Promis
     documentOnly({ summary: 'This OpenAPI document', operationId: 'admin:openapi', response: { 200: { type: 'object', description: 'OpenAPI 3.1 document' }, ...ERROR_RESPONSES } }),
     async () => app.swagger(),
   );
+  // The gateway's bundle store as a bundle server (OPA's bundle service API), behind the same credential.
+  registerBundleServer(app, servedStoreOf(ctx));
   return app;
 }
 
@@ -149,7 +152,8 @@ export async function registerOperationRoutes(app: FastifyInstance, options: Ope
     },
   });
   for (const [name, schema] of described.routes) {
-    app.post(`${ADMIN_OPS_PREFIX}/${name}`, documentOnly(schema), async (request) => ({ result: (await options.run(name, request.body ?? {}, request)) ?? null }));
+    const bodyLimit = options.operations[name]?.bodyLimitBytes;
+    app.post(`${ADMIN_OPS_PREFIX}/${name}`, { ...documentOnly(schema), ...(bodyLimit ? { bodyLimit } : {}) }, async (request) => ({ result: (await options.run(name, request.body ?? {}, request)) ?? null }));
   }
   app.post<{ Params: { name: string } }>(`${ADMIN_OPS_PREFIX}/:name`, { schema: { hide: true } }, async (request) => ({
     result: (await options.run(request.params.name, request.body ?? {}, request)) ?? null,

@@ -15,7 +15,8 @@ import type { Authenticator, AuthResult } from './authenticate.js';
 import { clientErrorHandler, gatewayServerFactory, serverTimeouts } from './listener.js';
 import { lazyChildLogger, type Logger } from '../logging/logger.js';
 import type { GatewayMetrics } from '../metrics/metrics.js';
-import { type Decision, type DecisionInput, smokeEvaluate } from '../policy/engine.js';
+import { type Decision, type DecisionInput, ENGINE_REASONS, smokeEvaluate } from '../policy/engine.js';
+import { inputRecorder, type RecordedInput } from '../policy/input-redaction.js';
 import type { BundleWatcherStatus } from '../policy/bundle-watcher.js';
 import { buildDecisionInput, type AllowlistChecker } from './decision-input.js';
 import { newId } from '../util/ids.js';
@@ -56,8 +57,14 @@ export interface ReadinessCheck {
 export interface GatewayDeps {
   config: Readonly<CaracalConfig>;
   logger: Logger;
-  /** Holder so a new bundle can be swapped in atomically: each request reads `current` once. */
-  engine: { current: PolicyEvaluator };
+  /**
+   * Holder so a new bundle can be swapped in atomically: each request reads `current` once, and `shadow` with it. A
+   * shadow bundle decides the same inputs beside the enforced one, for the decision events and the
+   * `caracal_policy_shadow_decisions_total` counter only: it never changes an answer.
+   */
+  engine: { current: PolicyEvaluator; shadow?: PolicyEvaluator | null };
+  /** Epoch milliseconds for the decision input's `now` and the decision events' time (default Date.now; tests set days). */
+  clock?: () => number;
   facts: AuthorityFacts;
   revocations: RevocationSet;
   emergency: EmergencyState;
@@ -119,6 +126,8 @@ class RequestState {
   bundleRevision: string | undefined = undefined;
   /** On /mcp: the engine that decides every message of this request (read once from the holder). */
   mcpEngine: PolicyEvaluator | undefined = undefined;
+  /** On /mcp: the shadow engine read with `mcpEngine` (null: none was set). */
+  mcpShadow: PolicyEvaluator | null = null;
   /** The one upstream URL of this request: judged, recorded and sent. */
   target: UpstreamTarget | undefined = undefined;
   /** The principal's concurrency slot, freed (once) when the request ends. */
@@ -163,6 +172,9 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
   const access = deps.logger.child({ component: 'access' });
   const principalLimiter = new PrincipalLimiter(config.gateway.limits.perPrincipal);
   const sourceLimiter = new SourceLimiter(config.gateway.limits.unauthenticatedPerSource);
+  const clock = deps.clock ?? Date.now;
+  // /proxy has no arguments: with the default redaction nothing is copied.
+  const recordInput = inputRecorder(config.policy.recordInput);
   let closing = false;
 
   const app = Fastify({
@@ -241,6 +253,14 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
     if (engine) policy.revision = engine.revision;
     const watched = deps.policyStatus?.();
     if (watched?.lastLoadError) policy.last_load_error = watched.lastLoadError;
+    if (watched?.shadowRevision) policy.shadow_revision = watched.shadowRevision;
+    if (watched?.shadowLoadError) policy.shadow_last_load_error = watched.shadowLoadError;
+    if (watched?.awaitingStore && policy.ok) {
+      // Serving the fallback bundle while the store names a revision this gateway has not loaded: it does not enforce
+      // what was activated, so it takes no traffic until it does (the store unreadable, or the revision refused).
+      policy.ok = false;
+      policy.error = `not serving the active revision of ${watched.source} yet (serving the fallback ${watched.revision})${watched.lastLoadError ? `: ${watched.lastLoadError.message}` : ''}`;
+    }
     checks.policy = policy;
     const ready = !closing && Object.values(checks).every((c) => c.ok || c.advisory === true);
     reply.code(ready ? 200 : 503);
@@ -254,7 +274,18 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
   registerDelegationRoute(app, { ...deps, isClosing: () => closing });
   if (deps.ledgerDb) registerLedgerRoutes(app, { ...deps, db: deps.ledgerDb, isClosing: () => closing, sourceLimiter });
 
-  function recordDecision(request: FastifyRequest, upstream: UpstreamConfig, resource: string, action: string, who: AuthResult | null, allow: boolean, reasons: string[], policyIds: string[], status: number): Promise<void> {
+  function recordDecision(
+    request: FastifyRequest,
+    upstream: UpstreamConfig,
+    resource: string,
+    action: string,
+    who: AuthResult | null,
+    allow: boolean,
+    reasons: string[],
+    policyIds: string[],
+    status: number,
+    policy?: PolicyRecord,
+  ): Promise<void> {
     const state = request.caracal;
     const data: DecisionData = {
       decision_id: state.decisionId!,
@@ -275,8 +306,9 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       bundle_revision: state.bundleRevision ?? deps.engine.current?.revision ?? null,
       status,
     };
+    if (policy) addPolicyRecord(data, policy);
     try {
-      return deps.publisher.publish(deps.decisionsTopic, data.principal_id ?? 'anonymous', buildDecisionEvent(deps.source, data));
+      return deps.publisher.publish(deps.decisionsTopic, data.principal_id ?? 'anonymous', buildDecisionEvent(deps.source, data, new Date(clock())));
     } catch (err) {
       return Promise.reject(err as Error);
     }
@@ -349,12 +381,14 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
         mandate,
         { upstream: upstream.name, method: request.method, path: target.pathAndQuery, url: target.fullUrl, resource, action },
         target.url,
-        Math.floor(Date.now() / 1000),
+        Math.floor(clock() / 1000),
       );
       const input = built instanceof Promise ? await built : built;
       input.limits = lease.facts;
-      // Read once: this engine decides, and its revision is the one reported and recorded.
-      const engine = deps.engine.current;
+      // Read once: this engine decides, and its revision is the one reported and recorded; the shadow is read with it.
+      const holder = deps.engine;
+      const engine = holder.current;
+      const shadow = holder.shadow ?? null;
       state.bundleRevision = engine.revision;
       reply.header('x-caracal-bundle-revision', revisionHeader(engine.revision));
       const evalStarted = process.hrtime.bigint();
@@ -364,7 +398,9 @@ export async function buildGatewayApp(deps: GatewayDeps): Promise<GatewayApp> {
       if (decision.allow && upstream.pricing) await meterCall(request, reply, upstream.pricing, verified, mandate, resource, action);
 
       const status = decision.allow ? 200 : 403;
-      const record = recordDecision(request, upstream, resource, action, verified, decision.allow, decision.reasons, decision.policyIds, status);
+      // The event of the policy's own decision carries what it was decided on, and the shadow's verdict on the same input.
+      const policy = policyRecord(recordInput, input, decision, shadow, metrics);
+      const record = recordDecision(request, upstream, resource, action, verified, decision.allow, decision.reasons, decision.policyIds, status, policy);
       if (!decision.allow) {
         // A denial is safe to return even if it could not be recorded; an allow is not.
         await record.catch((publishErr) => request.log.error({ err: publishErr }, 'could not record a denial'));
@@ -659,6 +695,71 @@ function retryPolicy(upstream: UpstreamConfig, metrics: GatewayMetrics) {
   };
 }
 
+/**
+ * What the event of a policy decision adds to the decision itself: the input it was made on (when
+ * `policy.recordInput` is on) and the shadow bundle's verdict on it (when a shadow is set). Only events whose allow
+ * and reasons are the policy's carry them (not a budget's refusal of an allowed call): a replay of the recorded input
+ * through the recorded revision gives the recorded decision.
+ */
+export interface PolicyRecord {
+  input?: RecordedInput;
+  shadow?: NonNullable<DecisionData['shadow']>;
+}
+
+export function policyRecord(
+  recordInput: ((input: object) => RecordedInput) | null,
+  input: DecisionInput,
+  enforced: Pick<Decision, 'allow' | 'reasons'>,
+  shadow: PolicyEvaluator | null,
+  metrics: GatewayMetrics,
+): PolicyRecord | undefined {
+  if (!recordInput && !shadow) return undefined;
+  const record: PolicyRecord = {};
+  if (recordInput) record.input = recordInput(input);
+  if (shadow) record.shadow = shadowVerdict(shadow, input, enforced, metrics);
+  return record;
+}
+
+export function addPolicyRecord(data: DecisionData, policy: PolicyRecord): void {
+  if (policy.input) {
+    data.input = policy.input.input;
+    if (policy.input.input_redactions) data.input_redactions = policy.input.input_redactions;
+  }
+  if (policy.shadow) data.shadow = policy.shadow;
+}
+
+/**
+ * The shadow bundle's decision on the input the enforced one decided, counted as agreeing or not. Evaluated after the
+ * enforced decision and never thrown out of: a shadow that throws (or whose engine fails) denies with the engine's
+ * reason, like an enforced engine would.
+ */
+export function shadowVerdict(shadow: PolicyEvaluator, input: DecisionInput, enforced: Pick<Decision, 'allow' | 'reasons'>, metrics: GatewayMetrics): NonNullable<DecisionData['shadow']> {
+  let allow = false;
+  let reasons: string[];
+  try {
+    const decision = shadow.evaluate(input);
+    allow = decision.allow === true;
+    // A stand-in evaluator is trusted no more than a bundle: reasons the event schema would refuse are not recorded.
+    reasons = Array.isArray(decision.reasons) && decision.reasons.every((reason) => typeof reason === 'string') ? decision.reasons : [ENGINE_REASONS.malformed];
+    if (reasons !== decision.reasons) allow = false;
+  } catch {
+    reasons = [ENGINE_REASONS.error];
+  }
+  const agrees = allow === enforced.allow && sameReasons(reasons, enforced.reasons);
+  metrics.shadowDecisions.inc({ agreement: agrees ? 'agree' : 'disagree' });
+  return { revision: shadow.revision || 'unknown', allow, reasons, agrees };
+}
+
+/** The same reasons in any order (each list is a handful of codes). */
+function sameReasons(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  if (a.length === 0) return true;
+  if (a.length === 1) return a[0] === b[0];
+  const x = [...a].sort();
+  const y = [...b].sort();
+  return x.every((reason, i) => reason === y[i]);
+}
+
 /** One entry of /ready's checks; the policy check also names the revision and the last refused bundle. */
 interface PolicyCheck {
   ok: boolean;
@@ -666,6 +767,8 @@ interface PolicyCheck {
   error?: string;
   revision?: string;
   last_load_error?: BundleWatcherStatus['lastLoadError'];
+  shadow_revision?: string;
+  shadow_last_load_error?: BundleWatcherStatus['shadowLoadError'];
 }
 
 /** The policy check of /ready: the loaded bundle must actually decide (a smoke evaluation). */

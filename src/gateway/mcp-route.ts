@@ -61,9 +61,10 @@ import { agentResponseHeaders, upstreamRequestHeaders } from './forwarded-header
 import { rateLimited, type PrincipalLimiter, type SourceLimiter } from './limits.js';
 import { resolveMandate } from './mandate-binding.js';
 import { readBody } from './metering.js';
-import { revisionHeader } from './app.js';
+import { addPolicyRecord, policyRecord, revisionHeader, type PolicyRecord } from './app.js';
 import { McpSessions, RequestSlots } from './mcp-sessions.js';
 import type { GatewayDeps } from './app.js';
+import { ARGUMENTS_PATH, inputRecorder, type RecordedInput } from '../policy/input-redaction.js';
 
 /** The largest MCP POST body the gateway reads (and the body limit, if smaller). */
 const MAX_MCP_BODY_BYTES = 4 << 20;
@@ -118,6 +119,11 @@ interface Judged {
   reasons: string[];
   /** A priced tool call: its price, and the budget lines it was charged on (null: no budget binds it). */
   price?: { micros: number; call: PricedCall | null };
+  /**
+   * The input the policy decided on and its decision, while `allow` and `reasons` are the policy's: dropped when a
+   * budget or a limit refuses what it allowed (the event then records that refusal, not the policy's decision).
+   */
+  policy?: { input: DecisionInput; decision: Decision };
 }
 
 /** A budget reservation outlives the upstream's timeout by this much (as on /proxy). */
@@ -207,6 +213,12 @@ class McpServerRoute {
   private readonly maxBody: number;
   /** Upstream answers being streamed to agents: ended when the gateway closes. */
   private readonly live = new Set<Readable>();
+  /** How this server's decision events record their input (null: policy.recordInput is off). */
+  private readonly recordInput: ((input: object) => RecordedInput) | null;
+  /** The same with `request.arguments` redacted: for arguments too large to record where they would be kept. */
+  private readonly recordInputWithoutArguments: ((input: object) => RecordedInput) | null;
+  /** `recordInput` keeps (some of) the argument values: their size is checked first. */
+  private readonly inputKeepsArguments: boolean;
 
   constructor(
     private readonly upstream: UpstreamConfig,
@@ -228,6 +240,15 @@ class McpServerRoute {
     const value = upstream.credentials ? process.env[upstream.credentials.valueEnv] : undefined;
     this.credential = upstream.credentials && value ? { header: upstream.credentials.header.toLowerCase(), value: `${upstream.credentials.prefix}${value}` } : null;
     this.maxBody = Math.min(MAX_MCP_BODY_BYTES, route.deps.config.gateway.bodyLimitBytes);
+    // An upstream that records its arguments (recordArguments) records them in the input too, up to the same size.
+    const recordInput = route.deps.config.policy.recordInput;
+    this.recordInput = inputRecorder(recordInput, { keepArguments: upstream.recordArguments });
+    this.recordInputWithoutArguments = inputRecorder({ enabled: recordInput.enabled, redact: recordInput.redact.includes(ARGUMENTS_PATH) ? recordInput.redact : [...recordInput.redact, ARGUMENTS_PATH] });
+    this.inputKeepsArguments = recordInput.enabled && (upstream.recordArguments || !recordInput.redact.some((path) => path === 'request' || path === ARGUMENTS_PATH));
+  }
+
+  private now(): number {
+    return (this.route.deps.clock ?? Date.now)();
   }
 
   endStreams(): void {
@@ -249,9 +270,12 @@ class McpServerRoute {
     state.decisionId = newId();
     assertDeclaredLength(request.headers['content-length'], this.maxBody);
     const caller = await this.authenticate(request);
-    // One engine decides every message of this request, and its revision is the one reported and recorded.
-    const engine = this.route.deps.engine.current;
+    // One engine decides every message of this request, and its revision is the one reported and recorded; the shadow
+    // beside it is read with it.
+    const holder = this.route.deps.engine;
+    const engine = holder.current;
     state.mcpEngine = engine;
+    state.mcpShadow = holder.shadow ?? null;
     state.bundleRevision = engine.revision;
     reply.header('x-caracal-bundle-revision', revisionHeader(engine.revision));
 
@@ -277,13 +301,15 @@ class McpServerRoute {
       // Opening the event stream, or ending the session: session plumbing on this server.
       const method = request.method === 'GET' ? 'GET' : 'DELETE';
       const action: McpAction = { kind: 'session', resource: `mcp:${this.upstream.name}`, action: 'session', method };
-      const decision = this.evaluate(request, { ...base, request: { ...base.request, mcp_method: method } });
-      const judged: Judged = { message: { kind: 'notification', method, params: undefined, json: {} }, action, decisionId: newId(), allow: decision.allow, reasons: decision.reasons };
+      const input: DecisionInput = { ...base, request: { ...base.request, mcp_method: method } };
+      const decision = this.evaluate(request, input);
+      const judged: Judged = { message: { kind: 'notification', method, params: undefined, json: {} }, action, decisionId: newId(), allow: decision.allow, reasons: decision.reasons, policy: { input, decision } };
       // A stream beyond the caller's share is refused, and recorded as such (not as the allow the policy gave).
       const opened = method === 'GET' && judged.allow ? this.sessions.openStream(caller.verified.principalId) : null;
       if (opened && 'refused' in opened) {
         judged.allow = false;
         judged.reasons = [opened.refused];
+        judged.policy = undefined;
       }
       await this.record(request, caller, [judged], opened && 'refused' in opened ? 429 : undefined);
       state.decisionId = judged.decisionId;
@@ -433,7 +459,7 @@ class McpServerRoute {
   /** The policy input every message of this request shares (facts, allowlist, limits); each message sets `request`. */
   private async baseInput(request: FastifyRequest, caller: Caller): Promise<DecisionInput> {
     const fact: RequestFact = { upstream: this.upstream.name, method: request.method, path: `/mcp/${this.upstream.name}`, url: this.upstream.url, resource: `mcp:${this.upstream.name}`, action: 'session' };
-    const input = await buildDecisionInput(this.route.deps, caller.verified, caller.mandate, fact, this.upstream.url, Math.floor(Date.now() / 1000));
+    const input = await buildDecisionInput(this.route.deps, caller.verified, caller.mandate, fact, this.upstream.url, Math.floor(this.now() / 1000));
     input.limits = request.caracal.lease?.facts;
     return input;
   }
@@ -455,8 +481,9 @@ class McpServerRoute {
     if (action.kind === 'tool') Object.assign(fact, { tool: action.tool, arguments: action.arguments });
     else if (action.kind === 'resource') fact.uri = action.uri;
     else if (action.kind === 'prompt') Object.assign(fact, { prompt: action.prompt, arguments: action.arguments });
-    const decision = this.evaluate(request, { ...base, request: fact });
-    return { message, action, decisionId, allow: decision.allow, reasons: decision.reasons };
+    const input: DecisionInput = { ...base, request: fact };
+    const decision = this.evaluate(request, input);
+    return { message, action, decisionId, allow: decision.allow, reasons: decision.reasons, policy: { input, decision } };
   }
 
   /**
@@ -488,6 +515,7 @@ class McpServerRoute {
       j.allow = false;
       j.reasons = refused.reasons;
       j.price = undefined;
+      j.policy = undefined;
       return;
     }
     j.price.call = call;
@@ -553,10 +581,9 @@ class McpServerRoute {
     };
   }
 
-  /** The argument values for a decision event, where this upstream records them and they are small enough. */
-  private recordedArguments(args: JsonObject): { arguments?: JsonObject } {
-    if (!this.upstream.recordArguments) return {};
-    return Buffer.byteLength(JSON.stringify(args), 'utf8') <= MAX_RECORDED_ARGUMENT_BYTES ? { arguments: args } : {};
+  /** Argument values small enough to be recorded (in `mcp.arguments`, or kept in the recorded input). */
+  private argumentsFit(args: JsonObject): boolean {
+    return Buffer.byteLength(JSON.stringify(args), 'utf8') <= MAX_RECORDED_ARGUMENT_BYTES;
   }
 
   /** Records a refusal that is not one message's decision (a bad session, a body refused whole); never throws. */
@@ -572,9 +599,14 @@ class McpServerRoute {
       judged.map((j) => {
         const action = j.action;
         const mcp: NonNullable<DecisionData['mcp']> = { method: j.message.kind === 'response' ? 'response' : j.message.method };
-        if (action.kind === 'tool') Object.assign(mcp, { name: action.tool, argument_digest: argumentDigest(action.arguments) }, this.recordedArguments(action.arguments));
-        else if (action.kind === 'prompt') Object.assign(mcp, { name: action.prompt, argument_digest: argumentDigest(action.arguments) }, this.recordedArguments(action.arguments));
+        const args = action.kind === 'tool' || action.kind === 'prompt' ? action.arguments : null;
+        // Measured once, and only where argument values would be recorded.
+        const fits = args !== null && (this.upstream.recordArguments || (this.inputKeepsArguments && j.policy !== undefined)) ? this.argumentsFit(args) : false;
+        if (action.kind === 'tool') Object.assign(mcp, { name: action.tool, argument_digest: argumentDigest(action.arguments) });
+        else if (action.kind === 'prompt') Object.assign(mcp, { name: action.prompt, argument_digest: argumentDigest(action.arguments) });
         else if (action.kind === 'resource') mcp.name = action.uri;
+        if (args !== null && this.upstream.recordArguments && fits) mcp.arguments = args;
+        const recordInput = args !== null && this.inputKeepsArguments && !fits ? this.recordInputWithoutArguments : this.recordInput;
         return this.publish(request, caller.verified, {
           decisionId: j.decisionId,
           resource: action.resource,
@@ -583,6 +615,7 @@ class McpServerRoute {
           reasons: j.reasons,
           status: j.allow ? 200 : deniedStatus,
           mcp,
+          policy: j.policy ? policyRecord(recordInput, j.policy.input, j.policy.decision, request.caracal.mcpShadow, this.route.deps.metrics) : undefined,
         });
       }),
     );
@@ -594,7 +627,11 @@ class McpServerRoute {
     });
   }
 
-  private publish(request: FastifyRequest, who: AuthResult | null, d: { decisionId: string; resource: string; action: string; allow: boolean; reasons: string[]; status: number; mcp?: DecisionData['mcp'] }): Promise<void> {
+  private publish(
+    request: FastifyRequest,
+    who: AuthResult | null,
+    d: { decisionId: string; resource: string; action: string; allow: boolean; reasons: string[]; status: number; mcp?: DecisionData['mcp']; policy?: PolicyRecord | undefined },
+  ): Promise<void> {
     const { deps } = this.route;
     const data: DecisionData = {
       decision_id: d.decisionId,
@@ -614,8 +651,9 @@ class McpServerRoute {
       status: d.status,
       ...(d.mcp ? { mcp: d.mcp } : {}),
     };
+    if (d.policy) addPolicyRecord(data, d.policy);
     try {
-      return deps.publisher.publish(deps.decisionsTopic, data.principal_id ?? 'anonymous', buildDecisionEvent(deps.source, data));
+      return deps.publisher.publish(deps.decisionsTopic, data.principal_id ?? 'anonymous', buildDecisionEvent(deps.source, data, new Date(this.now())));
     } catch (err) {
       return Promise.reject(err as Error);
     }

@@ -24,6 +24,8 @@ import { sleep } from '../util/retry.js';
 import { CaracalError } from '../errors/catalog.js';
 import { DEFAULT_BUNDLE } from '../paths.js';
 import { PolicyEngine } from '../policy/engine.js';
+import { type BundleSource, HttpBundleSource, StoreBundleSource } from '../policy/bundle-sources.js';
+import { openBundleStore, parseBundleStoreSpec } from '../policy/bundle-store-open.js';
 import { BundleWatcher } from '../policy/bundle-watcher.js';
 import { HomeLock, newAdminToken } from '../store/home.js';
 import { migrateUp } from '../store/migrate.js';
@@ -37,8 +39,12 @@ export interface AssembledGateway {
   metrics: GatewayMetrics;
   facts: AuthorityFacts;
   tokenCache: VerifiedTokenCache;
-  engine: { current: PolicyEvaluator };
-  /** Polls the bundle file and swaps `engine.current` (only with `policy.reload.intervalMs` > 0). */
+  /** `shadow`: the store's shadow revision, evaluated alongside and never enforced (null: none). */
+  engine: { current: PolicyEvaluator; shadow: PolicyEvaluator | null };
+  /**
+   * Polls the bundle source and swaps `engine.current` / `engine.shadow`: the bundle file with
+   * `policy.reload.intervalMs` > 0, or the store of `policy.store`.
+   */
   bundleWatcher?: BundleWatcher;
   /** Stops the bundle watcher and the lifecycle subscription (the context is the caller's to close). */
   stop(): Promise<void>;
@@ -53,6 +59,8 @@ export interface AssembleOptions {
   metrics?: GatewayMetrics;
   /** Replaces the WASM engine (tests of the outcome mapping, the benchmark's cost breakdown). */
   engine?: PolicyEvaluator;
+  /** Epoch ms for decision inputs and events (tests record chosen times); default Date.now. */
+  clock?: () => number;
 }
 
 export async function assembleGateway(ctx: AppContext, options: AssembleOptions = {}): Promise<AssembledGateway> {
@@ -65,14 +73,21 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
   if (prepare) await migrateUp(ctx.db);
   const metrics = options.metrics ?? new GatewayMetrics();
   const bundleFile = config.policy.bundlePath ?? DEFAULT_BUNDLE;
-  // With policy.reload on (and the real engine), a watcher loads the bundle and owns the holder:
-  // it swaps `current` when the file changes (src/policy/bundle-watcher.ts).
-  const watcher =
-    !options.engine && config.policy.reload.intervalMs > 0
-      ? await BundleWatcher.open({ file: bundleFile, intervalMs: config.policy.reload.intervalMs, signing: config.policy.signing, logger: log, metrics })
-      : null;
-  const engine: { current: PolicyEvaluator } =
-    watcher?.holder ?? { current: options.engine ?? ((await PolicyEngine.fromBundleFile(bundleFile, { signing: config.policy.signing })) as PolicyEvaluator) };
+  // With policy.reload on or policy.store set (and the real engine), a watcher loads the bundle and
+  // owns the holder: it swaps `current` (and `shadow`) when the source changes
+  // (src/policy/bundle-watcher.ts). A store starts on the bundle file until it has an active revision.
+  const source = options.engine ? null : policySource(ctx);
+  const watcher = source
+    ? await BundleWatcher.open({
+        ...(source.kind === 'file' ? { file: bundleFile } : { source: source.source, fallbackFile: bundleFile }),
+        intervalMs: config.policy.reload.intervalMs || STORE_POLL_MS,
+        signing: config.policy.signing,
+        logger: log,
+        metrics,
+      })
+    : null;
+  const engine: { current: PolicyEvaluator; shadow: PolicyEvaluator | null } =
+    watcher?.holder ?? { current: options.engine ?? ((await PolicyEngine.fromBundleFile(bundleFile, { signing: config.policy.signing })) as PolicyEvaluator), shadow: null };
   if (!watcher) {
     metrics.bundleInfo.reset();
     metrics.bundleInfo.set({ revision: engine.current.revision }, 1);
@@ -213,6 +228,7 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
     ledgerDb: ctx.db,
     spend,
     ...(watcher ? { policyStatus: () => watcher.status() } : {}),
+    ...(options.clock ? { clock: options.clock } : {}),
   });
   watcher?.start();
   return {
@@ -230,6 +246,25 @@ export async function assembleGateway(ctx: AppContext, options: AssembleOptions 
       await spooled?.close();
     },
   };
+}
+
+/** How often a gateway polls its `policy.store` when `policy.reload.intervalMs` is 0. */
+const STORE_POLL_MS = 5_000;
+
+/**
+ * What the bundle watcher polls: the store of `policy.store` (a database or directory store, or a
+ * bundle server with `policy.storeToken`), else the bundle file when `policy.reload` is on; null:
+ * the bundle file is loaded once.
+ */
+function policySource(ctx: AppContext): { kind: 'store'; source: BundleSource } | { kind: 'file' } | null {
+  const { policy } = ctx.config;
+  if (policy.store === undefined) return policy.reload.intervalMs > 0 ? { kind: 'file' } : null;
+  const spec = parseBundleStoreSpec(policy.store);
+  const source =
+    spec.kind === 'http'
+      ? new HttpBundleSource({ url: spec.url, ...(policy.storeToken ? { token: policy.storeToken } : {}) })
+      : new StoreBundleSource(openBundleStore(spec, { db: ctx.db }));
+  return { kind: 'store', source };
 }
 
 /** Grace for shipping what is left in the spool at shutdown; the rest ships at the next start. */

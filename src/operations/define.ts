@@ -6,6 +6,8 @@ import { CaracalError } from '../errors/catalog.js';
 export interface Operation<Schema extends z.ZodType, Result> {
   description: string;
   args: Schema;
+  /** Largest JSON body the admin API accepts for it, when more than the listener's default (1 MiB) is needed. */
+  bodyLimitBytes?: number;
   run(ctx: AppContext, args: z.infer<Schema>): Promise<Result>;
 }
 

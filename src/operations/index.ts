@@ -6,6 +6,7 @@ import { AUDIT_OPERATIONS } from './audit.js';
 import { AUDIT_QUERY_OPERATIONS } from './audit-query.js';
 import { AUTHORITY_OPERATIONS } from './authority.js';
 import { BUDGET_OPERATIONS } from './budgets.js';
+import { BUNDLE_OPERATIONS } from './bundles.js';
 import { DLQ_OPERATIONS } from './dlq.js';
 import { MANDATE_OPERATIONS } from './mandates.js';
 import type { Operation } from './define.js';
@@ -28,6 +29,7 @@ export const OPERATIONS = {
   ...AUDIT_OPERATIONS,
   ...AUDIT_QUERY_OPERATIONS,
   ...DLQ_OPERATIONS,
+  ...BUNDLE_OPERATIONS,
 } as const;
 
 export type OperationName = keyof typeof OPERATIONS;

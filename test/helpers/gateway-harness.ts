@@ -59,6 +59,8 @@ export interface HarnessOptions {
   spend?: SpendCounters;
   /** The gateway's logger (default: silent), e.g. to read the access log. */
   logger?: Logger;
+  /** The gateway's clock (epoch ms) for decision inputs and events, e.g. to record decisions at chosen times. */
+  clock?: () => number;
   /** Config values merged over the harness defaults (e.g. `auth.externalIssuers`, `gateway.tls`). */
   configOverrides?: { auth?: Record<string, unknown>; gateway?: Record<string, unknown> } & Record<string, unknown>;
 }
@@ -197,7 +199,7 @@ export async function createHarness(options: HarnessOptions = {}): Promise<Harne
     });
     ports = await openPorts(backend, config, options);
     ctx = await AppContext.fromConfig(config, { logger: options.logger ?? createLogger('silent'), ...ports.overrides, ...(options.spend ? { spend: options.spend } : {}) });
-    assembled = await assembleGateway(ctx);
+    assembled = await assembleGateway(ctx, options.clock ? { clock: options.clock } : {});
     await assembled.gateway.app.ready();
   } catch (err) {
     await teardown().catch(() => {});

@@ -14,6 +14,7 @@ import { buildBundle, readBundleFiles, writeBundleTarball } from '../../src/poli
 import { POLICIES_DIR } from '../../src/paths.js';
 import { createHarness, readDecisions, type Harness } from '../helpers/gateway-harness.js';
 import { requireServices } from '../helpers/services.js';
+import { eventually } from '../helpers/eventually.js';
 
 const ALLOW = 'hot-swap-allow';
 const DENY = 'hot-swap-deny';
@@ -57,14 +58,6 @@ describe('policy bundle hot swap (embedded backend)', () => {
     return { statusCode: response.statusCode, body: response.json() };
   }
 
-  async function eventually<T>(probe: () => Promise<T>, done: (value: T) => boolean, timeoutMs = 10_000): Promise<T> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const value = await probe();
-      if (done(value) || Date.now() > deadline) return value;
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
 
   /** Waits until the watcher serves exactly `bytes` (the file holds them and they were loaded). */
   async function settledOn(bytes: Buffer): Promise<void> {

@@ -13,6 +13,8 @@ import { ConfigSchema } from '../../src/config/schema.js';
 import { createLogger } from '../../src/logging/logger.js';
 import { GatewayMetrics } from '../../src/metrics/metrics.js';
 import { DEFAULT_BUNDLE } from '../../src/paths.js';
+import { StoreBundleSource } from '../../src/policy/bundle-sources.js';
+import { DirectoryBundleStore } from '../../src/policy/bundle-store-dir.js';
 import { BundleWatcher } from '../../src/policy/bundle-watcher.js';
 import { readBundleFiles, signBundle, writeBundleTarball } from '../../src/policy/bundle.js';
 import { parseSigningKey } from '../../src/policy/signing.js';
@@ -139,6 +141,52 @@ describe('BundleWatcher', () => {
       expect(await watcher.check()).toBe('swapped');
       expect(watcher.holder.current.revision).toBe('signed-4');
       expect(watcher.status().lastLoadError).toBeNull();
+    } finally {
+      await watcher.stop();
+    }
+  });
+
+  it('on a store: starts on the fallback when the active revision is refused, loads the shadow, swaps each slot on its own', async () => {
+    const store = new DirectoryBundleStore(path.join(dir, 'store'));
+    const fallback = path.join(dir, 'fallback.tar.gz');
+    await install(fallback, await variant(original, 'fallback-1'));
+    // A bundle the store takes (it has /policy.wasm) that no gateway can load: the WASM is not WebAssembly.
+    const broken = await variant(original, 'broken-1', (files) => files.set('policy.wasm', Buffer.from('not wasm')));
+    await store.publish(broken);
+    await store.publish(await variant(original, 'good-1'));
+    await store.publish(await variant(original, 'good-2'));
+    await store.activate('broken-1');
+    await store.setShadow('good-2');
+    const metrics = new GatewayMetrics(false);
+    const watcher = await BundleWatcher.open({ source: new StoreBundleSource(store), fallbackFile: fallback, intervalMs: 60_000, logger, metrics });
+    try {
+      expect(watcher.status()).toMatchObject({ revision: 'fallback-1', shadowRevision: 'good-2', shadowLoadError: null, source: store.description });
+      expect(watcher.status().lastLoadError?.message).toMatch(/WASM/);
+      expect(watcher.holder.shadow?.revision).toBe('good-2');
+      expect(await errorCount(metrics)).toBe(1);
+      expect(await activeRevisions(metrics)).toEqual(['fallback-1']);
+      expect((await metrics.shadowBundleInfo.get()).values.map((v) => v.labels.revision)).toEqual(['good-2']);
+      // Nothing moved: nothing fetched, nothing counted again.
+      expect(await watcher.check()).toBe('unchanged');
+      expect(await errorCount(metrics)).toBe(1);
+
+      await store.activate('good-1');
+      expect(await watcher.check()).toBe('swapped');
+      expect(watcher.status()).toMatchObject({ revision: 'good-1', lastLoadError: null, shadowRevision: 'good-2' });
+
+      // A refused shadow keeps the previous one; a cleared shadow is null.
+      const shadow = watcher.holder.shadow;
+      await store.setShadow('broken-1');
+      expect(await watcher.check()).toBe('refused');
+      expect(watcher.holder.shadow).toBe(shadow);
+      expect(watcher.status().shadowLoadError?.message).toMatch(/WASM/);
+      expect(watcher.status().lastLoadError).toBeNull();
+      await store.setShadow(null);
+      expect(await watcher.check()).toBe('swapped');
+      expect(watcher.holder.shadow).toBeNull();
+      expect(watcher.status()).toMatchObject({ shadowRevision: null, shadowSha256: null, shadowLoadError: null });
+      expect((await metrics.shadowBundleInfo.get()).values).toEqual([]);
+      expect(watcher.holder.current.revision).toBe('good-1');
     } finally {
       await watcher.stop();
     }

@@ -704,10 +704,47 @@ describe('buildDecisionEvent (the gateway’s hand-checked builder) agrees with 
     bundle_revision: field(textOrNull),
     status: field(fc.integer({ min: 100, max: 599 })),
   });
+  /**
+   * The optional fields (policy.recordInput, the shadow bundle): absent now and then, else mostly well-formed. Values are
+   * JSON data (what the gateway records; `fc.object()` would put undefined in arrays, which no JSON round trip keeps).
+   */
+  const optional = <T>(good: fc.Arbitrary<T>, bad: fc.Arbitrary<unknown>) =>
+    fc.oneof({ arbitrary: fc.constant(undefined), weight: 3 }, { arbitrary: good, weight: 6 }, { arbitrary: bad, weight: 1 }, { arbitrary: fc.jsonValue({ maxDepth: 2 }), weight: 1 });
+  const input = optional(
+    fc.dictionary(fc.string(), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 4 }),
+    fc.oneof(
+      fc.constant([]),
+      fc.constant(new Date(0)),
+      fc.constant(new Map()),
+      fc.constant(JSON.parse('{"__proto__":{"allow":true}}') as unknown),
+      fc.constant({ constructor: class NotPlain {} }),
+      fc.constant(Object.assign(Object.create(null) as object, { a: 1 })),
+    ),
+  );
+  const redactions = optional(
+    fc.array(fc.string({ minLength: 1, maxLength: 256 }), { maxLength: 64 }),
+    fc.oneof(fc.constant(['']), fc.constant(['x'.repeat(257)]), fc.constant(Array.from({ length: 65 }, () => 'p')), fc.constant([1])),
+  );
+  const shadow = optional(
+    fc.record({ revision: fc.string({ minLength: 1 }), allow: fc.boolean(), reasons: fc.array(fc.string()), agrees: fc.boolean() }),
+    fc.oneof(
+      fc.constant({ revision: '', allow: true, reasons: [], agrees: true }),
+      fc.constant({ revision: 'r', allow: true, reasons: [], agrees: true, extra: 1 }),
+      fc.constant({ revision: 'r', allow: true, reasons: [], extra: true }),
+      fc.constant({ revision: 'r', allow: 'true', reasons: [], agrees: true }),
+      fc.constant({ revision: 'r', allow: true, reasons: [1], agrees: true }),
+    ),
+  );
+  const withOptional = fc.tuple(data, input, redactions, shadow).map(([raw, inputValue, redactionsValue, shadowValue]) => ({
+    ...raw,
+    ...(inputValue !== undefined ? { input: inputValue } : {}),
+    ...(redactionsValue !== undefined ? { input_redactions: redactionsValue } : {}),
+    ...(shadowValue !== undefined ? { shadow: shadowValue } : {}),
+  }));
 
   it('throws exactly when the schema refuses, and what it builds parses back to the same data', () => {
     fc.assert(
-      fc.property(data, (raw) => {
+      fc.property(withOptional, (raw) => {
         const expected = DecisionDataSchema.safeParse(raw);
         let built: ReturnType<typeof buildDecisionEvent> | undefined;
         try {

@@ -6,6 +6,8 @@ import { buildBundle, gitRevision, signBundle, verifyBundleFile } from '../../po
 import { DEFAULT_KEY_ID, loadSigningKey, loadVerificationKey } from '../../policy/signing.js';
 import { CaracalError } from '../../errors/catalog.js';
 import type { CliRuntime } from '../runtime.js';
+import { registerBundleDiffCommand } from './bundle-diff.js';
+import { registerBundleStoreCommands } from './bundle-store.js';
 
 export function registerBundleCommands(program: Command, rt: () => CliRuntime): void {
   const bundle = program.command('bundle').description('policy bundles (Rego compiled to WASM)');
@@ -62,6 +64,8 @@ export function registerBundleCommands(program: Command, rt: () => CliRuntime): 
       if (options.json) runtime.out.json(result);
       else if (result.signed) runtime.out.line(`verified ${path.resolve(file)} key_id=${result.keyId} alg=${key.algorithm} files=${result.files}`);
     });
+  registerBundleStoreCommands(bundle, rt);
+  registerBundleDiffCommand(bundle, rt);
 }
 
 /**
