@@ -191,6 +191,8 @@ const specs: PeerSpec[] = [
   { letter: 'w', name: 'w  as b, spool off: waits for PGlite per request', args: ['gateway', u, '--no-spool'], env: embeddedEnv },
   // What recording each decision's policy input (for replay) costs: b without it.
   { letter: 'i', name: 'i  as b, policy inputs not recorded in events', args: ['gateway', u], env: { ...embeddedEnv, CARACAL_POLICY_RECORD_INPUT: 'false' } },
+  // A shadow bundle: every decision evaluated twice and the shadow verdict recorded (b follows no store).
+  { letter: 'h', name: 'h  as b, on a bundle store with a shadow revision', args: ['gateway', u, '--shadow'], env: embeddedEnv },
   // Metering: a priced upstream, every call costed and a metering event recorded.
   { letter: 'm', name: 'm  as b, priced upstream (metered, no budget)', args: ['gateway', u, '--priced'], env: embeddedEnv },
   // Budgets: as m, and a budget that never runs out, so every call is also reserved and settled.
@@ -215,6 +217,8 @@ if (process.env.KAFKA_BROKERS && process.env.DATABASE_URL) {
   specs.push({ letter: "b'", name: "b' as b on PostgreSQL + Kafka + Redis", args: ['gateway', u], env });
   const waitEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_wait_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchwait${Date.now()}.` };
   specs.push({ letter: "w'", name: "w' as b', spool off: waits for Kafka acks", args: ['gateway', u, '--no-spool'], env: waitEnv });
+  const noInputEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_noinput_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchnoinput${Date.now()}.`, CARACAL_POLICY_RECORD_INPUT: 'false' };
+  specs.push({ letter: "i'", name: "i' as b', policy inputs not recorded in events", args: ['gateway', u], env: noInputEnv });
   const pricedEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_priced_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchpriced${Date.now()}.` };
   specs.push({ letter: "m'", name: "m' as b', priced upstream (metered, no budget)", args: ['gateway', u, '--priced'], env: pricedEnv });
   const budgetEnv = { ...process.env, CARACAL_DB_SCHEMA: `bench_budget_${Date.now()}`, CARACAL_TOPIC_PREFIX: `benchbudget${Date.now()}.` };

@@ -9,7 +9,7 @@
  */
 import http from 'node:http';
 import { Session } from 'node:inspector/promises';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -18,6 +18,8 @@ import Fastify from 'fastify';
 import { issueAccessToken } from '../src/authority/tokens/tokens.js';
 import { loadConfig } from '../src/config/load.js';
 import { startGateway } from '../src/gateway/server.js';
+import { DEFAULT_BUNDLE } from '../src/paths.js';
+import { DirectoryBundleStore } from '../src/policy/bundle-store-dir.js';
 import { runOperation } from '../src/operations/index.js';
 import type { PolicyEvaluator } from '../src/gateway/app.js';
 import { DiscardingEventLog } from './null-event-log.js';
@@ -67,6 +69,15 @@ if (role === 'upstream') {
   onTerm(() => app.close());
 } else if (role === 'gateway') {
   const home = mkdtempSync(path.join(tmpdir(), 'caracal-bench-'));
+  // --shadow: the gateway follows a directory store whose active and shadow revisions are both the default bundle, so
+  // every decision is also evaluated by the shadow engine and recorded with it (what a shadow costs, not its effect).
+  const shadowStore = flags.includes('--shadow') ? path.join(home, 'bundle-store') : null;
+  if (shadowStore) {
+    const store = new DirectoryBundleStore(shadowStore);
+    const { revision } = await store.publish(readFileSync(DEFAULT_BUNDLE));
+    await store.activate(revision);
+    await store.setShadow(revision);
+  }
   const config = loadConfig({
     env: { ...process.env, CARACAL_HOME: home, CARACAL_GATEWAY_PORT: '0', CARACAL_ADMIN_PORT: '0', CARACAL_METRICS_PORT: '0', CARACAL_LOG_LEVEL: 'warn' },
     cwd: home,
@@ -86,6 +97,7 @@ if (role === 'upstream') {
       // the background) or straight to the event log; neither: the configuration's default.
       // --discard-events means no durable record at all, so it turns the spool off unless --spool.
       ...(flags.includes('--spool') ? { spool: { enabled: true } } : flags.includes('--no-spool') || flags.includes('--discard-events') ? { spool: { enabled: false } } : {}),
+      ...(shadowStore ? { policy: { store: `dir:${shadowStore}` } } : {}),
     },
   });
   // Cost breakdown peers: --discard-events (no durable decision record), --allow-all (no WASM).
