@@ -241,6 +241,12 @@ export const ConfigSchema = z
       .object({
         host: z.string().min(1).default('127.0.0.1'),
         port: port.default(8444),
+        /**
+         * A second credential that only reads bundles (GET/HEAD of the bundle server routes): what following gateways
+         * and OPAs are given, so a follower that is compromised cannot publish, activate or run any operation. From
+         * CARACAL_BUNDLE_READ_TOKEN; at least 32 characters.
+         */
+        bundleReadToken: z.string().min(32, { message: 'must be at least 32 characters' }).optional(),
       })
       .strict()
       .default({ host: '127.0.0.1', port: 8444 }),
@@ -394,6 +400,7 @@ export const ENV_KEYS: Record<string, { path: string[]; list?: boolean }> = {
   CARACAL_GATEWAY_PORT: { path: ['gateway', 'port'] },
   CARACAL_ADMIN_HOST: { path: ['admin', 'host'] },
   CARACAL_ADMIN_PORT: { path: ['admin', 'port'] },
+  CARACAL_BUNDLE_READ_TOKEN: { path: ['admin', 'bundleReadToken'] },
   CARACAL_METRICS_HOST: { path: ['metrics', 'host'] },
   CARACAL_METRICS_PORT: { path: ['metrics', 'port'] },
   CARACAL_CONSUMERS_METRICS_PORT: { path: ['metrics', 'consumersPort'] },

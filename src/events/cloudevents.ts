@@ -48,6 +48,8 @@ export const DecisionDataSchema = z
     input: z.record(z.string(), z.unknown()).optional(),
     /** Dot paths of `input` whose leaf values were replaced by "[redacted]": a replay may decide differently there. */
     input_redactions: z.array(z.string().min(1).max(256)).max(64).optional(),
+    /** Set instead of `input` when the input was recorded but too large for the event (a replay counts it without input). */
+    input_omitted: z.enum(['too_large']).optional(),
     /** The shadow bundle's decision on the same input (evaluated, never enforced), while a shadow revision is set. */
     shadow: z
       .object({
@@ -221,6 +223,7 @@ export function buildDecisionEvent(source: string, data: DecisionData, now: Date
   // In the schema's key order, after status; each only when present.
   if (data.input !== undefined) checked.input = data.input;
   if (data.input_redactions !== undefined) checked.input_redactions = data.input_redactions;
+  if (data.input_omitted !== undefined) checked.input_omitted = data.input_omitted;
   if (data.shadow !== undefined) checked.shadow = data.shadow;
   // What the hand check doubts goes through the schema: it throws with its own message (so a refusal reads the same
   // whichever builder found it), or passes and its output (in the schema's key order) is the data.
@@ -261,6 +264,7 @@ function decisionDataProblem(data: DecisionData): string | null {
   if (!Number.isSafeInteger(data.status)) return 'status';
   if (data.input !== undefined && !isPlainRecord(data.input)) return 'input';
   if (data.input_redactions !== undefined && !isRedactionList(data.input_redactions)) return 'input_redactions';
+  if (data.input_omitted !== undefined && data.input_omitted !== 'too_large') return 'input_omitted';
   if (data.shadow !== undefined && !isShadow(data.shadow)) return 'shadow';
   return null;
 }

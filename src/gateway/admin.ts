@@ -8,7 +8,7 @@ import type { Logger } from '../logging/logger.js';
 import type { Operation } from '../operations/define.js';
 import { OPERATIONS } from '../operations/index.js';
 import { adminTokenActor, runAuditedOperation } from '../audit/admin-actions.js';
-import { registerBundleServer, servedStoreOf } from './bundle-server.js';
+import { ADMIN_BUNDLES_PREFIX, registerBundleServer, servedStoreOf } from './bundle-server.js';
 import { installErrorHandling } from './errors.js';
 import { baseFastifyOptions } from './fastify-defaults.js';
 
@@ -35,11 +35,15 @@ export async function buildAdminApp(ctx: AppContext, adminToken: string): Promis
     bodyLimit: 1024 * 1024,
   });
   installErrorHandling(app, ctx.logger);
+  const bundleReadToken = ctx.config.admin.bundleReadToken;
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
     if (request.url === '/health') return;
     const header = request.headers.authorization ?? '';
     const given = header.startsWith('Bearer ') ? header.slice(7) : '';
+    // The bundle read credential opens only the bundle server's GET/HEAD routes: judged by the route the router
+    // matched (not the raw URL), so no spelling of a path reaches another route with it.
+    if (bundleReadToken && given && (request.method === 'GET' || request.method === 'HEAD') && request.routeOptions.url?.startsWith(`${ADMIN_BUNDLES_PREFIX}/`) && sameSecret(given, bundleReadToken)) return;
     if (!given || !sameSecret(given, adminToken)) throw new CaracalError('CARACAL_ADMIN_UNAUTHENTICATED');
   });
   // Registers the OpenAPI generator first: it only sees the routes registered after it.

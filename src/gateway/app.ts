@@ -722,8 +722,12 @@ export function policyRecord(
 
 export function addPolicyRecord(data: DecisionData, policy: PolicyRecord): void {
   if (policy.input) {
-    data.input = policy.input.input;
-    if (policy.input.input_redactions) data.input_redactions = policy.input.input_redactions;
+    // An input over its byte budget is left out, and said to be (the event must still fit a ledger leaf).
+    if (policy.input.input_omitted) data.input_omitted = policy.input.input_omitted;
+    else {
+      data.input = policy.input.input;
+      if (policy.input.input_redactions) data.input_redactions = policy.input.input_redactions;
+    }
   }
   if (policy.shadow) data.shadow = policy.shadow;
 }

@@ -5,7 +5,7 @@ import { CaracalError } from '../errors/catalog.js';
 import { MAX_BUNDLE_FILE_BYTES } from '../policy/bundle.js';
 import type { BundleStore } from '../policy/bundle-store.js';
 import { openBundleStore, parseBundleStoreSpec } from '../policy/bundle-store-open.js';
-import { DEFAULT_MAX_CHANGES, loadCandidateEngine, replayDecisions } from '../policy/replay.js';
+import { loadCandidateEngine, replayDecisions } from '../policy/replay.js';
 import { op } from './define.js';
 
 /**
@@ -17,6 +17,19 @@ export function configuredBundleStore(ctx: AppContext): BundleStore {
   const spec = parseBundleStoreSpec(ctx.config.policy.store ?? 'db');
   if (spec.kind === 'http') throw new CaracalError('CARACAL_USAGE', `this gateway takes its bundles from ${spec.url}: publish there`);
   return openBundleStore(spec, { db: ctx.db });
+}
+
+/** Changes a diff keeps (each a few KiB): the rest are counted in `flips_omitted`. */
+const MAX_DIFF_CHANGES = 10_000;
+
+/**
+ * A revision is made active or shadow only if this gateway would load it: its signature against `policy.signing`, its
+ * WASM, the smoke evaluation. The store itself keeps any bundle (it cannot know every gateway's keys), but a pointer
+ * moved to a revision the gateways refuse would leave them enforcing the previous one while the operator believes the
+ * new one is live. Gateways still check again when they load it.
+ */
+async function checkLoadable(ctx: AppContext, store: BundleStore, revision: string): Promise<void> {
+  await loadCandidateEngine(await store.fetch(revision), `revision ${revision} (${store.description})`, ctx.config.policy.signing, revision);
 }
 
 /** Longest base64 text of a bundle within MAX_BUNDLE_FILE_BYTES. */
@@ -52,6 +65,7 @@ export const BUNDLE_OPERATIONS = {
     run: async (ctx, { bundle, activate }) => {
       const store = configuredBundleStore(ctx);
       const published = await store.publish(decode(bundle));
+      if (activate) await checkLoadable(ctx, store, published.revision);
       const activation = activate ? await store.activate(published.revision) : null;
       return { store: store.description, ...published, activation };
     },
@@ -75,7 +89,11 @@ export const BUNDLE_OPERATIONS = {
   'bundle.activate': op({
     description: 'Make a published revision the active one (gateways on this store enforce it); rollback returns to the previous one',
     args: z.object({ revision: Revision }).strict(),
-    run: async (ctx, { revision }) => configuredBundleStore(ctx).activate(revision),
+    run: async (ctx, { revision }) => {
+      const store = configuredBundleStore(ctx);
+      await checkLoadable(ctx, store, revision);
+      return store.activate(revision);
+    },
   }),
   'bundle.rollback': op({
     description: 'Re-activate the revision that was active before the current one',
@@ -93,26 +111,46 @@ export const BUNDLE_OPERATIONS = {
         expectRevision: Revision.optional(),
         startTime: z.string().datetime({ offset: true }),
         endTime: z.string().datetime({ offset: true }),
-        maxChanges: z.number().int().min(0).max(DEFAULT_MAX_CHANGES).default(DEFAULT_MAX_CHANGES),
+        maxChanges: z.number().int().min(0).max(MAX_DIFF_CHANGES).default(MAX_DIFF_CHANGES),
       })
       .strict()
       .refine((a) => (a.bundle === undefined) !== (a.revision === undefined), { message: 'give exactly one of bundle and revision' })
       .refine((a) => Date.parse(a.endTime) > Date.parse(a.startTime), { message: 'endTime must be after startTime', path: ['endTime'] }),
     bodyLimitBytes: Math.ceil((MAX_BUNDLE_FILE_BYTES * 4) / 3) + 64 * 1024,
     run: async (ctx, args) => {
-      const source = args.bundle !== undefined ? `bundle (${args.expectRevision ? `revision ${args.expectRevision}` : 'sent'})` : `revision ${args.revision} (${configuredBundleStore(ctx).description})`;
-      const bytes = args.bundle !== undefined ? decode(args.bundle) : await configuredBundleStore(ctx).fetch(args.revision!);
-      const candidate = await loadCandidateEngine(bytes, source, ctx.config.policy.signing, args.revision ?? args.expectRevision);
-      const start = new Date(args.startTime);
-      const end = new Date(args.endTime);
-      const origin = ctx.config.ledger.origin;
-      const result = await replayDecisions({ db: ctx.db, origin, start, end, candidate, maxChanges: args.maxChanges });
-      return { origin, start: start.toISOString(), end: end.toISOString(), candidate: { source, revision: candidate.revision }, ...result };
+      // It runs inside a gateway that is serving traffic: one at a time, in small pages (each page's evaluations run
+      // without yielding), keeping at most MAX_DIFF_CHANGES changes in memory (the rest are counted).
+      if (diffRunning) throw new CaracalError('CARACAL_CONFLICT', 'a bundle diff is already running here; try again when it is done');
+      diffRunning = true;
+      try {
+        return await runDiff(ctx, args);
+      } finally {
+        diffRunning = false;
+      }
     },
   }),
   'bundle.shadow': op({
     description: 'Set the shadow revision (evaluated alongside the active one, never enforced), or clear it with null',
     args: z.object({ revision: Revision.nullable() }).strict(),
-    run: async (ctx, { revision }) => configuredBundleStore(ctx).setShadow(revision),
+    run: async (ctx, { revision }) => {
+      const store = configuredBundleStore(ctx);
+      if (revision !== null) await checkLoadable(ctx, store, revision);
+      return store.setShadow(revision);
+    },
   }),
 };
+
+/** Only one `bundle.diff` runs per process (see the operation). */
+let diffRunning = false;
+
+async function runDiff(ctx: AppContext, args: { bundle?: string; revision?: string; expectRevision?: string; startTime: string; endTime: string; maxChanges: number }) {
+  const source =
+    args.bundle !== undefined ? `bundle (${args.expectRevision ? `revision ${args.expectRevision}` : 'sent'})` : `revision ${args.revision} (${configuredBundleStore(ctx).description})`;
+  const bytes = args.bundle !== undefined ? decode(args.bundle) : await configuredBundleStore(ctx).fetch(args.revision!);
+  const candidate = await loadCandidateEngine(bytes, source, ctx.config.policy.signing, args.revision ?? args.expectRevision);
+  const start = new Date(args.startTime);
+  const end = new Date(args.endTime);
+  const origin = ctx.config.ledger.origin;
+  const result = await replayDecisions({ db: ctx.db, origin, start, end, candidate, maxChanges: args.maxChanges, batchSize: 250 });
+  return { origin, start: start.toISOString(), end: end.toISOString(), candidate: { source, revision: candidate.revision }, ...result };
+}

@@ -142,6 +142,10 @@ export class DirectoryBundleStore implements BundleStore {
   }
 
   async pointers(): Promise<BundleStorePointers> {
+    // What gateways poll: a store folder that is not there (a typo, a volume that did not mount) is an unreadable
+    // store, not an empty one — the gateway must not quietly serve its fallback bundle as if nothing were active.
+    const exists = await stat(this.dir).then((s) => s.isDirectory(), (err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? false : Promise.reject(this.fsError(err, 'read'))));
+    if (!exists) throw new CaracalError('CARACAL_DEPENDENCY', `bundle store ${this.dir} does not exist (or is not a directory): not mounted, or never published to`, { retriable: true });
     return pointersOf(await this.readState());
   }
 
@@ -150,6 +154,9 @@ export class DirectoryBundleStore implements BundleStore {
     const info = (await this.readState()).bundles.find((b) => b.revision === revision);
     if (!info) throw notStored(revision, this.description);
     const file = this.bundleFile(revision);
+    // A file replaced by hand with something huge is refused by its size before it is read into memory.
+    const size = (await this.fs(() => stat(file), 'read')).size;
+    if (size !== info.size) throw new CaracalError('CARACAL_VALIDATION', `${file} is ${size} bytes, not the ${info.size} recorded in ${this.stateFile} (changed outside the store?)`);
     const bytes = await this.fs(() => readFile(file), 'read');
     // The folder is shared and writable by hand: the bytes served must be the bytes published.
     if (createHash('sha256').update(bytes).digest('hex') !== info.sha256) {

@@ -294,7 +294,14 @@ export async function replayDecisions(options: ReplayOptions): Promise<ReplayRes
  * smoke evaluation. `expectRevision`: the revision it was fetched as must be the one its manifest names.
  */
 export async function loadCandidateEngine(bytes: Buffer, source: string, signing: BundleSigningConfig, expectRevision?: string): Promise<PolicyEngine> {
-  const engine = await PolicyEngine.fromBundleBytes(bytes, source, { verification: await loadBundleVerification(signing) });
+  let engine: PolicyEngine;
+  try {
+    engine = await PolicyEngine.fromBundleBytes(bytes, source, { verification: await loadBundleVerification(signing) });
+  } catch (err) {
+    // One catalog error whatever the reader threw (a plain Error would be an internal error through the admin API).
+    const message = (err as Error).message.split('\n')[0]!;
+    throw new CaracalError('CARACAL_VALIDATION', `${message.includes(source) ? message : `${source}: ${message}`} — a gateway would refuse to load it`, { cause: err });
+  }
   if (expectRevision !== undefined && engine.revision !== expectRevision) {
     throw new CaracalError('CARACAL_VALIDATION', `the bundle stored as revision ${expectRevision} names revision ${engine.revision} in its manifest`);
   }

@@ -11,6 +11,8 @@ import { buildAdminApp } from '../../src/gateway/admin.js';
 import { createLogger } from '../../src/logging/logger.js';
 import { runOperation } from '../../src/operations/index.js';
 import { migrateUp } from '../../src/store/migrate.js';
+import { DEFAULT_BUNDLE } from '../../src/paths.js';
+import { readBundleFileMembers, writeBundleTarball } from '../../src/policy/bundle.js';
 import { PgliteDb } from '../../src/store/pglite-db.js';
 import { cliRunner, expectOneLineError } from '../helpers/cli.js';
 import { testBundle } from './bundle-store.contract.js';
@@ -163,6 +165,27 @@ describe('caracal bundle publish/list/activate/rollback/shadow/fetch', () => {
       expect(readdirSync(root)).not.toContain('hostile-store');
     });
 
+    it('a revision no gateway could load is stored but never made active or shadow (dir: checked by the CLI; db: by the operation)', async () => {
+      const store = `dir:${path.join(root, 'unloadable-store')}`;
+      // Stored as any bundle is (it has /policy.wasm and a revision), but its WASM is not WebAssembly.
+      const files = await readBundleFileMembers(DEFAULT_BUNDLE);
+      files.set('policy.wasm', Buffer.from('not wasm'));
+      files.set('.manifest', Buffer.from(JSON.stringify({ ...(JSON.parse(files.get('.manifest')!.toString()) as object), revision: 'cli-broken' })));
+      const broken = path.join(root, 'broken.tar.gz');
+      await writeFile(broken, writeBundleTarball(files));
+      expect((await caracal('bundle', 'publish', broken, '--to', store)).code).toBe(0);
+      for (const args of [['activate', '--revision', 'cli-broken'], ['shadow', '--revision', 'cli-broken']]) {
+        expectOneLineError(await caracal('bundle', ...args, '--store', store), /revision cli-broken .*cannot load the policy WASM.* a gateway would refuse to load it/);
+      }
+      expectOneLineError(await caracal('bundle', 'publish', broken, '--to', store, '--activate'), /a gateway would refuse to load it/);
+      expect(JSON.parse((await caracal('bundle', 'list', '--store', store, '--json')).out)).toMatchObject({ active: null, shadow: null, history: [] });
+      // The same through the operations (the embedded database, no gateway running).
+      expect((await caracal('bundle', 'publish', broken)).code).toBe(0);
+      expectOneLineError(await caracal('bundle', 'activate', '--revision', 'cli-broken'), /a gateway would refuse to load it/);
+      expectOneLineError(await caracal('bundle', 'shadow', '--revision', 'cli-broken'), /a gateway would refuse to load it/);
+      expect(JSON.parse((await caracal('bundle', 'list', '--json')).out)).not.toMatchObject({ active: { revision: 'cli-broken' } });
+    });
+
     it('revisions that are not plain tokens, and contradictory flags', async () => {
       expectOneLineError(await caracal('bundle', 'activate', '--revision', '../../etc', '--store', dirStore), /invalid revision "\.\.\/\.\.\/etc"/);
       expectOneLineError(await caracal('bundle', 'fetch', '--revision', '../../etc', '--out', path.join(root, 'x'), '--store', dirStore), /invalid revision/);
@@ -225,6 +248,16 @@ describe('caracal bundle publish/list/activate/rollback/shadow/fetch', () => {
     it('a wrong credential is one line naming CARACAL_ADMIN_TOKEN', async () => {
       const caracal = cliRunner(() => ({ ...baseEnv(), CARACAL_ADMIN_TOKEN: 'not-the-credential' }));
       expectOneLineError(await caracal('bundle', 'list', '--store', url), /refused the admin credential \(401\): check CARACAL_ADMIN_TOKEN/);
+    });
+
+    it('bundle.diff runs one at a time in a gateway: a second while one runs is a 409, and the next one runs', async () => {
+      const args = { bundle: (await testBundle('diff-once')).toString('base64'), startTime: '2026-01-01T00:00:00Z', endTime: '2026-01-02T00:00:00Z' };
+      const [first, second] = await Promise.allSettled([runOperation(ctx, 'bundle.diff', args), runOperation(ctx, 'bundle.diff', args)]);
+      expect(first).toMatchObject({ status: 'fulfilled', value: { totals: { decisions: 0 }, candidate: { revision: 'diff-once' } } });
+      expect(second).toMatchObject({ status: 'rejected', reason: { code: 'CARACAL_CONFLICT', message: expect.stringMatching(/already running/) as string } });
+      await expect(runOperation(ctx, 'bundle.diff', args)).resolves.toMatchObject({ totals: { decisions: 0 } });
+      await expect(runOperation(ctx, 'bundle.diff', { ...args, maxChanges: 10_001 })).rejects.toMatchObject({ code: 'CARACAL_VALIDATION' });
+      await expect(runOperation(ctx, 'bundle.diff', { ...args, endTime: args.startTime })).rejects.toMatchObject({ code: 'CARACAL_VALIDATION', message: expect.stringMatching(/endTime/) as string });
     });
 
     it('the operations refuse what is not strict base64 and name the argument', async () => {

@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -111,7 +111,9 @@ describe.each(['dir', 'db'] as const)('a gateway on a %s bundle store', (kind) =
   let store: BundleStore;
 
   beforeAll(async () => {
-    const spec = kind === 'dir' ? `dir:${path.join(dir, `store-${Math.random().toString(36).slice(2)}`)}` : 'db';
+    const folder = path.join(dir, `store-${Math.random().toString(36).slice(2)}`);
+    if (kind === 'dir') await mkdir(folder);
+    const spec = kind === 'dir' ? `dir:${folder}` : 'db';
     gw = await gatewayWith({ store: spec, reload: { intervalMs: 100 }, signing: signing() });
     // The test's own handle on the same store (the db one on the gateway's database).
     store = openBundleStore(parseBundleStoreSpec(spec), { db: gw.h.ctx.db });
@@ -217,6 +219,7 @@ describe('the admin listener as a bundle server', () => {
   const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
 
   beforeAll(async () => {
+    await mkdir(path.join(dir, 'served-store'));
     const spec = `dir:${path.join(dir, 'served-store')}`;
     one = await gatewayWith({ store: spec, reload: { intervalMs: 100 } });
     store = openBundleStore(parseBundleStoreSpec(spec), {});
@@ -387,6 +390,61 @@ describe('a gateway whose store names a revision it cannot load at start', () =>
   }, 60_000);
 });
 
+describe('the bundle read credential (admin.bundleReadToken)', () => {
+  it('opens the bundle routes for GET and HEAD, and nothing else of the admin API', async () => {
+    const readToken = 'bundle-read-credential-0123456789abcdef';
+    const h = await createHarness({ configOverrides: { admin: { bundleReadToken: readToken } } });
+    const app = await buildAdminApp(h.ctx, ADMIN_TOKEN);
+    try {
+      const store = openBundleStore(parseBundleStoreSpec('db'), { db: h.ctx.db });
+      await store.publish(allowBytes);
+      await store.activate('store-allow');
+      const read = { authorization: `Bearer ${readToken}` };
+      for (const url of ['/admin/v1/bundles/active', '/admin/v1/bundles/revisions/store-allow']) {
+        for (const method of ['GET', 'HEAD'] as const) expect({ url, method, status: (await app.inject({ method, url, headers: read })).statusCode }).toEqual({ url, method, status: 200 });
+      }
+      const refused = [
+        ['POST', '/admin/v1/ops/bundle.activate'],
+        ['POST', '/admin/v1/ops/agent.list'],
+        ['POST', '/admin/v1/ops/bundle.publish'],
+        ['GET', '/admin/v1/ops'],
+        ['GET', '/admin/v1/openapi.json'],
+        ['GET', '/admin/v1/bundles/../ops'],
+        ['GET', '/admin/v1/bundles/%2e%2e/ops'],
+        ['GET', '/admin/v1/bundles/active/../../ops'],
+        ['POST', '/admin/v1/bundles/active'],
+        ['DELETE', '/admin/v1/bundles/active'],
+      ] as const;
+      for (const [method, url] of refused) {
+        const r = await app.inject({ method, url, headers: { ...read, 'content-type': 'application/json' }, ...(method === 'POST' ? { payload: '{}' } : {}) });
+        expect({ method, url, status: r.statusCode }).toEqual({ method, url, status: 401 });
+      }
+      // The admin credential still opens everything, the bundle routes included.
+      expect((await app.inject({ method: 'GET', url: '/admin/v1/bundles/active', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).statusCode).toBe(200);
+      expect((await app.inject({ method: 'GET', url: '/admin/v1/ops', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).statusCode).toBe(200);
+    } finally {
+      await app.close();
+      await h.close();
+    }
+  }, 60_000);
+});
+
+describe('a gateway whose store folder is missing (a typo, a volume not mounted)', () => {
+  it('is not ready: an unreadable store is not an empty one', async () => {
+    const missing = path.join(dir, `not-mounted-${Math.random().toString(36).slice(2)}`);
+    const gw = await gatewayWith({ store: `dir:${missing}`, reload: { intervalMs: 100 } });
+    try {
+      const response = await gw.h.assembled.gateway.app.inject({ method: 'GET', url: '/ready' });
+      expect(response.statusCode).toBe(503);
+      const policy = (response.json() as ReadyBody).checks.policy;
+      expect(policy).toMatchObject({ ok: false, revision: defaultRevision });
+      expect(policy.error).toMatch(/not serving the active revision of dir:.*does not exist/);
+    } finally {
+      await gw.h.close();
+    }
+  }, 60_000);
+});
+
 describe('interop: the real opa downloads the active bundle from the admin listener', () => {
   let gw: Awaited<ReturnType<typeof gatewayWith>>;
   let admin: Awaited<ReturnType<typeof listenAdmin>>;
@@ -399,6 +457,7 @@ describe('interop: the real opa downloads the active bundle from the admin liste
   let interop2: Buffer;
 
   beforeAll(async () => {
+    await mkdir(path.join(dir, 'opa-store'));
     const spec = `dir:${path.join(dir, 'opa-store')}`;
     gw = await gatewayWith({ store: spec, reload: { intervalMs: 100 } });
     store = openBundleStore(parseBundleStoreSpec(spec), {});

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -23,8 +23,9 @@ afterAll(() => {
 });
 
 bundleStoreContract('directory', async () => {
-  // A folder that does not exist yet: the first publish creates it.
+  // An empty folder: what a gateway polls before anything is published (a missing folder is refused, see below).
   const dir = path.join(tempDir(), 'store');
+  mkdirSync(dir);
   return { store: new DirectoryBundleStore(dir), other: new DirectoryBundleStore(dir), close: async () => {} };
 });
 
@@ -53,6 +54,22 @@ bundleStoreContract('database on PostgreSQL (two pools)', async () => {
 });
 
 describe('bundle store specs', () => {
+  it('a store folder that does not exist is unreadable, not empty: pointers() refuses; the first publish creates it', async () => {
+    const dir = path.join(tempDir(), 'not-mounted');
+    const store = new DirectoryBundleStore(dir);
+    await expect(store.pointers()).rejects.toMatchObject({ code: 'CARACAL_DEPENDENCY', message: expect.stringMatching(/does not exist/) as string });
+    await store.publish(await testBundle('nm-1'));
+    expect(await store.pointers()).toEqual({ active: null, shadow: null });
+  });
+
+  it('a bundle file replaced by hand with other bytes is refused by its size before it is read', async () => {
+    const dir = path.join(tempDir(), 'tampered');
+    const store = new DirectoryBundleStore(dir);
+    await store.publish(await testBundle('tp-1'));
+    writeFileSync(path.join(dir, 'revisions', 'tp-1.tar.gz'), Buffer.alloc(1024 * 1024));
+    await expect(store.fetch('tp-1')).rejects.toMatchObject({ code: 'CARACAL_VALIDATION', message: expect.stringMatching(/not the \d+ recorded/) as string });
+  });
+
   it('parses db, dir:, plain paths and http(s) URLs', () => {
     expect(parseBundleStoreSpec('db')).toEqual({ kind: 'db' });
     expect(parseBundleStoreSpec('dir:/srv/bundles')).toEqual({ kind: 'dir', path: '/srv/bundles' });
@@ -127,7 +144,7 @@ describe('directory store on disk', () => {
     const store = new DirectoryBundleStore(dir);
     await store.publish(await testBundle('tamper-1'));
     await writeFile(path.join(dir, 'revisions', 'tamper-1.tar.gz'), await testBundle('tamper-1', 'evil'));
-    await expect(store.fetch('tamper-1')).rejects.toMatchObject({ code: 'CARACAL_VALIDATION', message: expect.stringMatching(/sha256/) as string });
+    await expect(store.fetch('tamper-1')).rejects.toMatchObject({ code: 'CARACAL_VALIDATION', message: expect.stringMatching(/sha256 recorded|bytes, not the \d+ recorded/) as string });
   });
 
   it('a path that is a file is refused with a clear error', async () => {
@@ -178,6 +195,8 @@ describe('database store tables (migration 0012)', () => {
       await store.activate('v1');
       await expect(db.query(`UPDATE policy_bundles SET sha256 = repeat('0', 64)`)).rejects.toThrow(/append-only/);
       await expect(db.query('DELETE FROM policy_bundle_history')).rejects.toThrow(/append-only/);
+      await expect(db.query('DELETE FROM policy_bundles')).rejects.toThrow(/append-only/);
+      await expect(db.query('TRUNCATE policy_bundles CASCADE')).rejects.toThrow(/append-only/);
       await expect(db.query(`UPDATE policy_bundle_state SET active = 'v2', stack = '{v2}'`)).rejects.toThrow(/foreign key/);
       await expect(db.query(`INSERT INTO policy_bundle_state (id) VALUES (false)`)).rejects.toThrow(/check constraint/);
       expect(await store.pointers()).toMatchObject({ active: { revision: 'v1' } });

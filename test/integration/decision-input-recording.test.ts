@@ -13,7 +13,8 @@ import { canonicalJson } from '../../src/ledger/canonical.js';
 import { DEFAULT_BUNDLE } from '../../src/paths.js';
 import { readBundleFiles, writeBundleTarball } from '../../src/policy/bundle.js';
 import { PolicyEngine, type DecisionInput } from '../../src/policy/engine.js';
-import { REDACTED } from '../../src/policy/input-redaction.js';
+import { ledgerEntryOf, MAX_LEAF_BYTES } from '../../src/ledger/store.js';
+import { MAX_RECORDED_INPUT_BYTES, REDACTED } from '../../src/policy/input-redaction.js';
 import { createHarness, readTopic, type ExtraUpstream, type Harness } from '../helpers/gateway-harness.js';
 
 const DAY = Date.parse('2026-06-01T00:00:00.000Z');
@@ -241,18 +242,63 @@ describe('decision events carry their policy input, and a shadow bundle decides 
       const event = events.get(id)!;
       expect(event.data.allow).toBe(true);
       expect(event.data.input_redactions).toEqual(['request.arguments']);
-      const args = (event.data.input as { request: { arguments: Record<string, unknown> } }).request.arguments;
-      // The members are data, redacted like any other; the 10 000 zeros are one "[redacted]" (the event stays bounded).
-      expect(Object.keys(args)).toEqual(['__proto__', 'constructor', 'toString', 'list', 'names']);
-      expect(Object.getOwnPropertyDescriptor(args, '__proto__')?.value).toEqual({ isAdmin: REDACTED, polluted: REDACTED });
-      expect(args.list).toBe(REDACTED);
-      expect(args.names).toEqual(new Array(2_000).fill(REDACTED));
+      // 2,000 names redacted are 26 KB of "[redacted]": over MAX_RECORDED_INPUT_BYTES, the arguments collapse whole.
+      expect((event.data.input as { request: { arguments: unknown } }).request.arguments).toBe(REDACTED);
       expect(JSON.stringify(event).length).toBeLessThan(64 * 1024);
       expectCanonical(event);
     }
+    // The same members within the budget: kept as data, redacted like any other (10 000 zeros are one "[redacted]").
+    const fits = await post(h, token, 'tools', toolCall(30, 'deploy', hostile.replace(/,"names":\[[^\]]*\]/, '')));
+    expect(fits.statusCode).toBe(200);
+    const fitted = (await eventsOf(h, decisionIds(fits))).get(decisionIds(fits)[0]!)!;
+    const args = (fitted.data.input as { request: { arguments: Record<string, unknown> } }).request.arguments;
+    expect(Object.keys(args)).toEqual(['__proto__', 'constructor', 'toString', 'list']);
+    expect(Object.getOwnPropertyDescriptor(args, '__proto__')?.value).toEqual({ isAdmin: REDACTED, polluted: REDACTED });
+    expect(args.list).toBe(REDACTED);
+    expectCanonical(fitted);
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     expect(({} as Record<string, unknown>).isAdmin).toBeUndefined();
   });
+
+  it('inputs an agent makes large (4,000 arguments, one 70 KB key, a 15 KB or 40 KB /proxy path): the answers the policy gave, and every event passes the ledger\'s own leaf check', async () => {
+    nowMs = DAY + 15 * HOUR;
+    evaluated.length = 0;
+    const many = await post(h, token, 'tools', toolCall(40, 'deploy', JSON.stringify(Object.fromEntries(Array.from({ length: 4_000 }, (_, i) => [`arg${i}`, 0])))));
+    const wideKey = await post(h, token, 'tools', toolCall(41, 'deploy', JSON.stringify({ ['k'.repeat(70_000)]: 1 })));
+    const path15 = `/proxy/echo/${'p'.repeat(15_000)}`;
+    const path40 = `/proxy/echo/${'q'.repeat(40_000)}`;
+    const proxied = await get(h, token, path15);
+    const proxied40 = await get(h, token, path40);
+    const deniedProxy = await h.assembled.gateway.app.inject({ method: 'DELETE', url: path15, headers: { authorization: `Bearer ${token}` } });
+    for (const reply of [many, wideKey]) expect(reply.statusCode, reply.body.slice(0, 300)).toBe(200);
+    // The default bundle's allowlist does not match these long paths (a policy answer, made before anything is recorded).
+    for (const reply of [proxied, proxied40, deniedProxy]) expect(reply.statusCode).toBe(403);
+    // The engine decided on the whole arguments and paths.
+    expect(evaluated.some((input) => Object.keys((input.request.arguments ?? {}) as object).length === 4_000)).toBe(true);
+    expect(evaluated.some((input) => input.request.path.length > 15_000)).toBe(true);
+
+    const byReply = [many, wideKey, proxied, proxied40, deniedProxy].map((reply) => decisionIds(reply)[0]!);
+    const events = await eventsOf(h, byReply);
+    const [eMany, eKey, eProxy, eProxy40, eDeniedProxy] = byReply.map((id) => events.get(id)!);
+    // The events record the very answers given.
+    expect([eMany, eKey, eProxy, eProxy40, eDeniedProxy].map((e) => e!.data.allow)).toEqual([true, true, false, false, false]);
+    for (const [event, reply] of [[eProxy, proxied], [eProxy40, proxied40], [eDeniedProxy, deniedProxy]] as const) expect(event!.data.reasons).toEqual((JSON.parse(reply.body) as { reasons: string[] }).reasons);
+    for (const event of [eMany, eKey]) {
+      expect((event!.data.input as { request: { arguments: unknown } }).request.arguments).toBe(REDACTED);
+      expect(event!.data.input_redactions).toEqual(['request.arguments']);
+    }
+    for (const event of [eProxy, eProxy40, eDeniedProxy]) {
+      expect((event!.data.input as { request: Record<string, unknown> }).request).toMatchObject({ path: REDACTED, url: REDACTED, upstream: 'echo' });
+      expect(event!.data.input_redactions).toEqual(['request.path', 'request.url']);
+    }
+    for (const event of [eMany, eKey, eProxy, eProxy40, eDeniedProxy]) {
+      // The ledger's own leaf builder: throws for an event over MAX_LEAF_BYTES (it would be dead-lettered).
+      const leaf = ledgerEntryOf(JSON.parse(JSON.stringify(event)));
+      expect(leaf.canonical.length).toBeLessThanOrEqual(MAX_LEAF_BYTES);
+      expect(Buffer.byteLength(JSON.stringify(event!.data.input))).toBeLessThanOrEqual(MAX_RECORDED_INPUT_BYTES);
+      expectCanonical(event!);
+    }
+  }, 60_000);
 
   describe('a shadow bundle', () => {
     let shadow: PolicyEngine;

@@ -145,7 +145,7 @@ describe('inputRecorder', () => {
     const keep = inputRecorder({ enabled: true, redact: ['request.arguments', 'request.arguments.path', 'principal.id'] }, { keepArguments: true })!;
     const recorded = keep(toolInput());
     expect(recorded.input_redactions).toEqual(['principal.id']);
-    expect((recorded.input.request as { arguments: { path: string } }).arguments.path).toBe('/etc/passwd');
+    expect((recorded.input!.request as { arguments: { path: string } }).arguments.path).toBe('/etc/passwd');
     const whole = inputRecorder({ enabled: true, redact: ['request'] }, { keepArguments: true })!;
     expect(whole(toolInput()).input_redactions).toEqual(['request']);
   });

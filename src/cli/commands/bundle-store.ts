@@ -8,6 +8,7 @@ import type { ActivationResult, BundleStoreListing, BundleStoreSpec, PublishResu
 import { DirectoryBundleStore } from '../../policy/bundle-store-dir.js';
 import { describeBundleStoreSpec, inspectBundleForStore, parseBundleStoreSpec } from '../../policy/bundle-store-open.js';
 import { checkRevision } from '../../policy/bundle-store-state.js';
+import { loadCandidateEngine } from '../../policy/replay.js';
 import type { OperationName } from '../../operations/index.js';
 import { callAdminApi, type CliRuntime } from '../runtime.js';
 
@@ -40,7 +41,7 @@ export function registerBundleStoreCommands(bundle: Command, rt: () => CliRuntim
       if (target.kind === 'dir') {
         const store = new DirectoryBundleStore(target.path);
         published = { store: store.description, ...(await store.publish(bytes)) };
-        if (options.activate) activation = await store.activate(info.revision);
+        if (options.activate) activation = await activateChecked(runtime, store, info.revision);
       } else {
         const result = await remote<PublishResult & { store?: string; activation: ActivationResult | null }>(runtime, target, 'bundle.publish', {
           bundle: bytes.toString('base64'),
@@ -103,7 +104,7 @@ export function registerBundleStoreCommands(bundle: Command, rt: () => CliRuntim
       const target = resolveStore(runtime, options.store);
       const result =
         target.kind === 'dir'
-          ? await new DirectoryBundleStore(target.path).activate(options.revision)
+          ? await activateChecked(runtime, new DirectoryBundleStore(target.path), options.revision)
           : await remote<ActivationResult>(runtime, target, 'bundle.activate', { revision: options.revision });
       if (options.json) runtime.out.json(result);
       else runtime.out.line(activatedLine(result));
@@ -139,7 +140,7 @@ export function registerBundleStoreCommands(bundle: Command, rt: () => CliRuntim
       const target = resolveStore(runtime, options.store);
       const result =
         target.kind === 'dir'
-          ? await new DirectoryBundleStore(target.path).setShadow(revision)
+          ? await shadowChecked(runtime, new DirectoryBundleStore(target.path), revision)
           : await remote<{ shadow: string | null; previous: string | null }>(runtime, target, 'bundle.shadow', { revision });
       if (options.json) runtime.out.json(result);
       else runtime.out.line(result.shadow === null ? `shadow off (was ${result.previous ?? 'none'})` : `shadow ${result.shadow} (was ${result.previous ?? 'none'})`);
@@ -179,6 +180,24 @@ export async function fetchStoredBundle(runtime: CliRuntime, revision: string, s
   const bytes = Buffer.from(result.bundle, 'base64');
   if (sha256(bytes) !== result.sha256) throw new CaracalError('CARACAL_DEPENDENCY', `the bytes of ${revision} do not match the sha256 ${store} sent (corrupted on the way?)`);
   return { bytes, store };
+}
+
+/**
+ * On a directory store the CLI moves the pointer itself, so it checks what the operations check on the others: that a
+ * gateway with this configuration's `policy.signing` would load the revision (signature, WASM, smoke evaluation).
+ */
+async function checkLoadable(runtime: CliRuntime, store: DirectoryBundleStore, revision: string): Promise<void> {
+  await loadCandidateEngine(await store.fetch(revision), `revision ${revision} (${store.description})`, runtime.config().policy.signing, revision);
+}
+
+async function activateChecked(runtime: CliRuntime, store: DirectoryBundleStore, revision: string): Promise<ActivationResult> {
+  await checkLoadable(runtime, store, revision);
+  return store.activate(revision);
+}
+
+async function shadowChecked(runtime: CliRuntime, store: DirectoryBundleStore, revision: string | null): Promise<{ shadow: string | null; previous: string | null }> {
+  if (revision !== null) await checkLoadable(runtime, store, revision);
+  return store.setShadow(revision);
 }
 
 function activatedLine(result: ActivationResult): string {

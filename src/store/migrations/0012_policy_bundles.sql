@@ -49,7 +49,8 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER policy_bundles_no_update BEFORE UPDATE ON policy_bundles
+-- Nor deleted: a deleted revision could be published again with other bytes, and a revision names one bundle forever.
+CREATE TRIGGER policy_bundles_no_update BEFORE UPDATE OR DELETE OR TRUNCATE ON policy_bundles
   FOR EACH STATEMENT EXECUTE FUNCTION policy_bundles_refuse_change();
-CREATE TRIGGER policy_bundle_history_no_change BEFORE UPDATE OR DELETE ON policy_bundle_history
+CREATE TRIGGER policy_bundle_history_no_change BEFORE UPDATE OR DELETE OR TRUNCATE ON policy_bundle_history
   FOR EACH STATEMENT EXECUTE FUNCTION policy_bundles_refuse_change();
