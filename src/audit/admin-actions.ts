@@ -67,7 +67,7 @@ export async function runAuditedOperation(ctx: AppContext, name: string, raw: un
   let outcome: 'ok' | 'error' = 'ok';
   let errorCode: string | null = null;
   try {
-    return await runOperation(ctx, name, raw);
+    return await runOperation(ctx, name, raw, { actor: `${caller.actor.kind}:${caller.actor.id}` });
   } catch (err) {
     outcome = 'error';
     errorCode = isCaracalError(err) ? err.code : 'CARACAL_INTERNAL';

@@ -62,11 +62,12 @@ export const BUNDLE_OPERATIONS = {
     args: z.object({ bundle: Base64Bundle, activate: z.boolean().default(false) }).strict(),
     // The bundle travels base64 in the JSON body: 4/3 of the largest bundle file, and room for the rest.
     bodyLimitBytes: Math.ceil((MAX_BUNDLE_FILE_BYTES * 4) / 3) + 64 * 1024,
-    run: async (ctx, { bundle, activate }) => {
+    run: async (ctx, { bundle, activate }, caller) => {
       const store = configuredBundleStore(ctx);
-      const published = await store.publish(decode(bundle));
+      const by = { actor: caller?.actor ?? null };
+      const published = await store.publish(decode(bundle), by);
       if (activate) await checkLoadable(ctx, store, published.revision);
-      const activation = activate ? await store.activate(published.revision) : null;
+      const activation = activate ? await store.activate(published.revision, by) : null;
       return { store: store.description, ...published, activation };
     },
   }),
@@ -89,16 +90,16 @@ export const BUNDLE_OPERATIONS = {
   'bundle.activate': op({
     description: 'Make a published revision the active one (gateways on this store enforce it); rollback returns to the previous one',
     args: z.object({ revision: Revision }).strict(),
-    run: async (ctx, { revision }) => {
+    run: async (ctx, { revision }, caller) => {
       const store = configuredBundleStore(ctx);
       await checkLoadable(ctx, store, revision);
-      return store.activate(revision);
+      return store.activate(revision, { actor: caller?.actor ?? null });
     },
   }),
   'bundle.rollback': op({
     description: 'Re-activate the revision that was active before the current one',
     args: z.object({}).strict(),
-    run: async (ctx) => configuredBundleStore(ctx).rollback(),
+    run: async (ctx, _args, caller) => configuredBundleStore(ctx).rollback({ actor: caller?.actor ?? null }),
   }),
   'bundle.diff': op({
     description:
@@ -132,10 +133,10 @@ export const BUNDLE_OPERATIONS = {
   'bundle.shadow': op({
     description: 'Set the shadow revision (evaluated alongside the active one, never enforced), or clear it with null',
     args: z.object({ revision: Revision.nullable() }).strict(),
-    run: async (ctx, { revision }) => {
+    run: async (ctx, { revision }, caller) => {
       const store = configuredBundleStore(ctx);
       if (revision !== null) await checkLoadable(ctx, store, revision);
-      return store.setShadow(revision);
+      return store.setShadow(revision, { actor: caller?.actor ?? null });
     },
   }),
 };

@@ -8,7 +8,13 @@ export interface Operation<Schema extends z.ZodType, Result> {
   args: Schema;
   /** Largest JSON body the admin API accepts for it, when more than the listener's default (1 MiB) is needed. */
   bodyLimitBytes?: number;
-  run(ctx: AppContext, args: z.infer<Schema>): Promise<Result>;
+  run(ctx: AppContext, args: z.infer<Schema>, caller?: OperationCaller): Promise<Result>;
+}
+
+/** Who runs an operation, for operations that record it themselves (the bundle store's history). */
+export interface OperationCaller {
+  /** `admin_token:sha256:…` or `os_user:<name>`: never a credential. */
+  actor: string;
 }
 
 export function op<Schema extends z.ZodType, Result>(definition: Operation<Schema, Result>): Operation<Schema, Result> {

@@ -9,7 +9,7 @@ import { BUDGET_OPERATIONS } from './budgets.js';
 import { BUNDLE_OPERATIONS } from './bundles.js';
 import { DLQ_OPERATIONS } from './dlq.js';
 import { MANDATE_OPERATIONS } from './mandates.js';
-import type { Operation } from './define.js';
+import type { Operation, OperationCaller } from './define.js';
 import { SPEND_OPERATIONS } from './spend.js';
 import { SYSTEM_OPERATIONS } from './system.js';
 
@@ -50,9 +50,9 @@ export function parseOperationArgs(name: OperationName, raw: unknown): unknown {
   return result.data;
 }
 
-export async function runOperation(ctx: AppContext, name: string, raw: unknown): Promise<unknown> {
+export async function runOperation(ctx: AppContext, name: string, raw: unknown, caller?: OperationCaller): Promise<unknown> {
   if (!isOperationName(name)) throw new CaracalError('CARACAL_NOT_FOUND', `no operation named ${name}`);
   const args = parseOperationArgs(name, raw);
   const operation = OPERATIONS[name] as Operation<z.ZodType, unknown>;
-  return operation.run(ctx, args);
+  return operation.run(ctx, args, caller);
 }

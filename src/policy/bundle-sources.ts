@@ -37,6 +37,8 @@ export interface BundleSource {
   /** For logs and messages; never holds a credential. */
   readonly description: string;
   poll(): Promise<SourcePoll>;
+  /** Forget what was handed over for `slot`, so the next poll hands the same bytes over again (a retry). */
+  forget(slot: 'active' | 'shadow'): void;
   close?(): Promise<void>;
 }
 
@@ -60,6 +62,10 @@ export class FileBundleSource implements BundleSource {
   constructor(file: string) {
     this.#file = file;
     this.description = file;
+  }
+
+  forget(): void {
+    this.#stamp = null;
   }
 
   async poll(): Promise<SourcePoll> {
@@ -92,6 +98,10 @@ export class StoreBundleSource implements BundleSource {
   constructor(store: BundleStore) {
     this.#store = store;
     this.description = store.description;
+  }
+
+  forget(slot: 'active' | 'shadow'): void {
+    this.#seen[slot] = null;
   }
 
   async poll(): Promise<SourcePoll> {
@@ -164,6 +174,10 @@ export class HttpBundleSource implements BundleSource {
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#maxBytes = options.maxBytes ?? MAX_BUNDLE_FILE_BYTES;
     this.description = safeUrl(url);
+  }
+
+  forget(slot: 'active' | 'shadow'): void {
+    this.#etags[slot] = null;
   }
 
   async poll(): Promise<SourcePoll> {

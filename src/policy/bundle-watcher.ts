@@ -69,10 +69,19 @@ export interface BundleWatcherOptions {
   engineOptions?: EngineOptions;
   logger: Logger;
   metrics: { bundleInfo: Gauge<'revision'>; bundleLoadErrors: Counter<string>; shadowBundleInfo?: Gauge<'revision'> };
+  /** Default RETRY_REFUSED_MS; tests shorten it. */
+  retryRefusedMs?: number;
 }
 
 type Outcome = 'unchanged' | 'swapped' | 'refused';
 type SlotName = 'active' | 'shadow';
+
+/**
+ * A refused bundle is tried again after this long (the same bytes: a load can fail for a passing reason, such as
+ * memory): without it, a revision refused once would stay refused until its pointer moved. A refusal that repeats is
+ * counted and logged once.
+ */
+export const RETRY_REFUSED_MS = 60_000;
 
 interface SlotState {
   /** Content last examined (loaded or refused): the same bytes are not tried twice. */
@@ -80,6 +89,8 @@ interface SlotState {
   /** Content of the engine in the holder for this slot. */
   servingSha: string | null;
   lastLoadError: BundleLoadError | null;
+  /** When the content in `examinedSha` was refused (ms); null: not refused. */
+  refusedAt: number | null;
 }
 
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
@@ -112,8 +123,8 @@ export class BundleWatcher {
     this.holder = { current: engine, shadow: null };
     this.#onFallback = !examined;
     this.#slots = {
-      active: { examinedSha: examined ? sha : null, servingSha: sha, lastLoadError: null },
-      shadow: { examinedSha: null, servingSha: null, lastLoadError: null },
+      active: { examinedSha: examined ? sha : null, servingSha: sha, lastLoadError: null, refusedAt: null },
+      shadow: { examinedSha: null, servingSha: null, lastLoadError: null, refusedAt: null },
     };
   }
 
@@ -221,10 +232,22 @@ export class BundleWatcher {
   check(): Promise<Outcome> {
     const run = this.#queue.then(async () => {
       if (this.#stopped) return 'unchanged' as const;
+      this.#retryRefused();
       return this.#apply(await this.#source.poll());
     });
     this.#queue = run.catch(() => {});
     return run;
+  }
+
+  /** A slot whose content was refused long enough ago is read and loaded again (see RETRY_REFUSED_MS). */
+  #retryRefused(now = Date.now()): void {
+    for (const slot of ['active', 'shadow'] as const) {
+      const state = this.#slots[slot];
+      if (state.refusedAt === null || now - state.refusedAt < (this.#options.retryRefusedMs ?? RETRY_REFUSED_MS)) continue;
+      state.refusedAt = null;
+      state.examinedSha = null;
+      this.#source.forget(slot);
+    }
   }
 
   async #apply(poll: SourcePoll): Promise<Outcome> {
@@ -267,6 +290,7 @@ export class BundleWatcher {
     if (this.#stopped) return 'unchanged';
     state.servingSha = sha;
     state.lastLoadError = null;
+    state.refusedAt = null;
     if (slot === 'active') {
       const previous = this.holder.current.revision;
       this.holder.current = engine;
@@ -314,6 +338,8 @@ export class BundleWatcher {
     const state = this.#slots[slot];
     const already = state.lastLoadError !== null && state.lastLoadError.message === message && state.lastLoadError.sha256 === sha;
     state.lastLoadError = { message, at: new Date().toISOString(), sha256: sha };
+    // Content that failed to load is tried again later; a source that could not be read is tried every poll anyway.
+    state.refusedAt = sha === null ? null : Date.now();
     if (!already) {
       this.#options.metrics.bundleLoadErrors.inc();
       const fields = { err, source: this.#source.description, sha256: sha, revision: this.holder.current.revision, shadow_revision: this.holder.shadow?.revision ?? null };

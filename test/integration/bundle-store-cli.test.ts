@@ -81,9 +81,11 @@ function roundTrip(label: string, env: () => Record<string, string>, store: stri
     const listing = JSON.parse((await caracal('bundle', 'list', ...at('--store'), '--json')).out) as {
       active: { revision: string; sha256: string };
       shadow: { revision: string };
-      history: { action: string; revision: string | null }[];
+      history: { action: string; revision: string | null; actor: string | null }[];
     };
     expect(listing.active.revision).toBe('cli-r2');
+    // Who acted: the CLI's operating-system user (directly on a folder or the database).
+    for (const entry of listing.history) expect(entry.actor).toMatch(/^os_user:./);
     expect(listing.shadow.revision).toBe('cli-r3');
     expect(listing.history.map((e) => `${e.action}:${e.revision}`)).toEqual([
       'shadow:cli-r3',
@@ -243,6 +245,11 @@ describe('caracal bundle publish/list/activate/rollback/shadow/fetch', () => {
       expect((await caracal('bundle', 'fetch', '--revision', 'cli-r1', '--out', out, '--store', url)).code).toBe(0);
       expect((await readFile(out)).equals(await readFile(files.r1))).toBe(true);
       expectOneLineError(await caracal('bundle', 'activate', '--revision', 'cli-nope', '--store', url), /revision cli-nope is not published in db/);
+      // The store's history names who acted: the admin credential (by its digest, never itself).
+      const listing = (await runOperation(ctx, 'bundle.list', {})) as { history: { action: string; actor: string | null }[] };
+      expect(listing.history.map((h) => h.action)).toEqual(['activate', 'activate']);
+      for (const entry of listing.history) expect(entry.actor).toMatch(/^admin_token:sha256:[0-9a-f]{16}$/);
+      expect(JSON.stringify(listing)).not.toContain(token);
     });
 
     it('a wrong credential is one line naming CARACAL_ADMIN_TOKEN', async () => {

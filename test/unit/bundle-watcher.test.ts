@@ -13,7 +13,7 @@ import { ConfigSchema } from '../../src/config/schema.js';
 import { createLogger } from '../../src/logging/logger.js';
 import { GatewayMetrics } from '../../src/metrics/metrics.js';
 import { DEFAULT_BUNDLE } from '../../src/paths.js';
-import { StoreBundleSource } from '../../src/policy/bundle-sources.js';
+import { type BundleSource, StoreBundleSource } from '../../src/policy/bundle-sources.js';
 import { DirectoryBundleStore } from '../../src/policy/bundle-store-dir.js';
 import { BundleWatcher } from '../../src/policy/bundle-watcher.js';
 import { readBundleFiles, signBundle, writeBundleTarball } from '../../src/policy/bundle.js';
@@ -187,6 +187,51 @@ describe('BundleWatcher', () => {
       expect(watcher.status()).toMatchObject({ shadowRevision: null, shadowSha256: null, shadowLoadError: null });
       expect((await metrics.shadowBundleInfo.get()).values).toEqual([]);
       expect(watcher.holder.current.revision).toBe('good-1');
+    } finally {
+      await watcher.stop();
+    }
+  });
+
+  it('a refused revision is tried again after retryRefusedMs (a load that failed for a passing reason); a lasting refusal is counted once', async () => {
+    const store = new DirectoryBundleStore(path.join(dir, 'retry-store'));
+    await store.publish(await variant(original, 'retry-1'));
+    await store.activate('retry-1');
+    const inner = new StoreBundleSource(store);
+    // The first hand-over of the active revision arrives damaged; the store itself is fine.
+    let handed = 0;
+    const flaky: BundleSource = {
+      kind: 'store',
+      description: inner.description,
+      forget: (slot) => inner.forget(slot),
+      async poll() {
+        const polled = await inner.poll();
+        if (polled.active.kind !== 'bytes') return polled;
+        return handed++ === 0 ? { ...polled, active: { ...polled.active, bytes: Buffer.from('damaged on the way') } } : polled;
+      },
+    };
+    const fallback = path.join(dir, 'retry-fallback.tar.gz');
+    await install(fallback, await variant(original, 'fallback-r'));
+    const metrics = new GatewayMetrics(false);
+    const watcher = await BundleWatcher.open({ source: flaky, fallbackFile: fallback, intervalMs: 60_000, retryRefusedMs: 200, logger, metrics });
+    try {
+      expect(watcher.status()).toMatchObject({ revision: 'fallback-r', awaitingStore: true });
+      // Within the retry delay nothing is fetched again.
+      expect(await watcher.check()).toBe('unchanged');
+      expect(handed).toBe(1);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      expect(await watcher.check()).toBe('swapped');
+      expect(handed).toBe(2);
+      expect(watcher.status()).toMatchObject({ revision: 'retry-1', lastLoadError: null, awaitingStore: false });
+
+      // A revision that can never load: tried again after the delay, refused again, counted and logged once.
+      await store.publish(await variant(original, 'never-1', (files) => files.set('policy.wasm', Buffer.from('not wasm'))));
+      await store.activate('never-1');
+      expect(await watcher.check()).toBe('refused');
+      const errors = await errorCount(metrics);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      expect(await watcher.check()).toBe('refused');
+      expect(await errorCount(metrics)).toBe(errors);
+      expect(watcher.holder.current.revision).toBe('retry-1');
     } finally {
       await watcher.stop();
     }

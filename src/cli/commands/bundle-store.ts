@@ -10,6 +10,7 @@ import { describeBundleStoreSpec, inspectBundleForStore, parseBundleStoreSpec } 
 import { checkRevision } from '../../policy/bundle-store-state.js';
 import { loadCandidateEngine } from '../../policy/replay.js';
 import type { OperationName } from '../../operations/index.js';
+import { cliCaller } from '../../audit/admin-actions.js';
 import { callAdminApi, type CliRuntime } from '../runtime.js';
 
 /**
@@ -40,7 +41,7 @@ export function registerBundleStoreCommands(bundle: Command, rt: () => CliRuntim
       let activation: ActivationResult | null = null;
       if (target.kind === 'dir') {
         const store = new DirectoryBundleStore(target.path);
-        published = { store: store.description, ...(await store.publish(bytes)) };
+        published = { store: store.description, ...(await store.publish(bytes, byThisUser())) };
         if (options.activate) activation = await activateChecked(runtime, store, info.revision);
       } else {
         const result = await remote<PublishResult & { store?: string; activation: ActivationResult | null }>(runtime, target, 'bundle.publish', {
@@ -118,7 +119,7 @@ export function registerBundleStoreCommands(bundle: Command, rt: () => CliRuntim
     .action(async (options: { store?: string; json?: boolean }) => {
       const runtime = rt();
       const target = resolveStore(runtime, options.store);
-      const result = target.kind === 'dir' ? await new DirectoryBundleStore(target.path).rollback() : await remote<ActivationResult>(runtime, target, 'bundle.rollback', {});
+      const result = target.kind === 'dir' ? await new DirectoryBundleStore(target.path).rollback(byThisUser()) : await remote<ActivationResult>(runtime, target, 'bundle.rollback', {});
       if (options.json) runtime.out.json(result);
       else runtime.out.line(`rolled back to ${result.active} (was ${result.previous ?? 'none'})`);
     });
@@ -192,12 +193,18 @@ async function checkLoadable(runtime: CliRuntime, store: DirectoryBundleStore, r
 
 async function activateChecked(runtime: CliRuntime, store: DirectoryBundleStore, revision: string): Promise<ActivationResult> {
   await checkLoadable(runtime, store, revision);
-  return store.activate(revision);
+  return store.activate(revision, byThisUser());
 }
 
 async function shadowChecked(runtime: CliRuntime, store: DirectoryBundleStore, revision: string | null): Promise<{ shadow: string | null; previous: string | null }> {
   if (revision !== null) await checkLoadable(runtime, store, revision);
-  return store.setShadow(revision);
+  return store.setShadow(revision, byThisUser());
+}
+
+/** A directory store's history names the operating-system user, as the audit log does for the CLI. */
+function byThisUser(): { actor: string } {
+  const { actor } = cliCaller();
+  return { actor: `${actor.kind}:${actor.id}` };
 }
 
 function activatedLine(result: ActivationResult): string {
