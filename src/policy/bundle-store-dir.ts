@@ -14,7 +14,7 @@
  * silently forget which revision is active.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readFile, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 
@@ -285,9 +285,18 @@ export class DirectoryBundleStore implements BundleStore {
       const holder = await readFile(this.lockFile, 'utf8').catch(() => 'unknown');
       throw new CaracalError('CARACAL_CONFLICT', `bundle store ${this.dir} is locked by another writer (${holder.trim().slice(0, 200) || 'unknown'}); try again`, { retriable: true });
     }
+    // A live writer keeps its lock fresh, so a long write (a large bundle on a slow shared volume) is never taken for
+    // a dead writer's: only a lock nobody touched for staleLockMs is taken over.
+    const heartbeat = setInterval(() => {
+      void readFile(this.lockFile, 'utf8')
+        .then((current) => (current === token ? utimes(this.lockFile, new Date(), new Date()) : undefined))
+        .catch(() => undefined);
+    }, Math.max(10, Math.floor(this.staleLockMs / 3)));
+    heartbeat.unref();
     try {
       return await fn();
     } finally {
+      clearInterval(heartbeat);
       // Only our own lock: if we were so slow that another writer took it over as stale, it is theirs now.
       const current = await readFile(this.lockFile, 'utf8').catch(() => null);
       if (current === token) await unlink(this.lockFile).catch(() => undefined);

@@ -173,6 +173,32 @@ describe('directory store on disk', () => {
   });
 });
 
+describe('directory store: a live writer keeps its lock', () => {
+  it('a write that lasts longer than staleLockMs is not taken over: the other writer waits for it', { timeout: 30_000 }, async () => {
+    const dir = tempDir();
+    await mkdir(dir, { recursive: true });
+    // Generous for a busy machine: a takeover would need the event loop to stall for a whole second.
+    const slow = new DirectoryBundleStore(dir, { staleLockMs: 1_000, lockWaitMs: 10_000 });
+    const other = new DirectoryBundleStore(dir, { staleLockMs: 1_000, lockWaitMs: 10_000 });
+    await slow.publish(await testBundle('live-1'));
+    await slow.publish(await testBundle('live-2'));
+    let slowDone = 0;
+    // A writer that holds the lock for 3 s (3 × staleLockMs), as a large bundle on a slow volume would.
+    const holding = (slow as unknown as { locked<T>(fn: () => Promise<T>): Promise<T> }).locked(async () => {
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      slowDone = Date.now();
+    });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const activated = await other.activate('live-2');
+    const otherDone = Date.now();
+    await holding;
+    expect(activated).toEqual({ active: 'live-2', previous: null });
+    expect(slowDone).toBeGreaterThan(0);
+    expect(otherDone).toBeGreaterThanOrEqual(slowDone);
+    await expect(readFile(path.join(dir, '.lock'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
+
 describe('database store tables (migration 0012)', () => {
   it('before `db migrate up`: a one-line NOT_READY saying what to run', async () => {
     const db = await PgliteDb.open();
