@@ -12,11 +12,11 @@
  * every admin route. The store is the gateway's own `policy.store` (db or dir; the db store when unset); a gateway
  * that takes its bundles from a bundle server itself has no store to serve (404).
  */
-import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifySchema } from 'fastify';
 
 import type { AppContext } from '../context.js';
 import { CaracalError } from '../errors/catalog.js';
+import { sha256Hex } from '../policy/bundle.js';
 import type { BundleStore } from '../policy/bundle-store.js';
 import { REVISION_PATTERN } from '../policy/bundle-store.js';
 import { describeBundleStoreSpec, openBundleStore, parseBundleStoreSpec } from '../policy/bundle-store-open.js';
@@ -65,7 +65,7 @@ export function registerBundleServer(app: FastifyInstance, served: ServedStore):
         throw new CaracalError('CARACAL_VALIDATION', 'the revision is not a plain token (letters, digits, ".", "_", "-"; at most 128)', { reasons: ['revision'] });
       }
       const bytes = await store().fetch(revision);
-      const sha = createHash('sha256').update(bytes).digest('hex');
+      const sha = sha256Hex(bytes);
       if (matchesEtag(request.headers['if-none-match'], sha)) return notModified(reply, revision, sha);
       return send(reply, revision, sha, bytes);
     },

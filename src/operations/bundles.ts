@@ -1,11 +1,10 @@
-import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import type { AppContext } from '../context.js';
 import { CaracalError } from '../errors/catalog.js';
-import { MAX_BUNDLE_FILE_BYTES } from '../policy/bundle.js';
+import { MAX_BUNDLE_FILE_BYTES, sha256Hex } from '../policy/bundle.js';
 import type { BundleStore } from '../policy/bundle-store.js';
 import { openBundleStore, parseBundleStoreSpec } from '../policy/bundle-store-open.js';
-import { loadCandidateEngine, replayDecisions } from '../policy/replay.js';
+import { checkStoredRevisionLoadable, loadCandidateEngine, replayDecisions } from '../policy/replay.js';
 import { op } from './define.js';
 
 /**
@@ -28,8 +27,8 @@ const MAX_DIFF_CHANGES = 10_000;
  * moved to a revision the gateways refuse would leave them enforcing the previous one while the operator believes the
  * new one is live. Gateways still check again when they load it.
  */
-async function checkLoadable(ctx: AppContext, store: BundleStore, revision: string): Promise<void> {
-  await loadCandidateEngine(await store.fetch(revision), `revision ${revision} (${store.description})`, ctx.config.policy.signing, revision);
+function checkLoadable(ctx: AppContext, store: BundleStore, revision: string): Promise<void> {
+  return checkStoredRevisionLoadable(store, revision, ctx.config.policy.signing);
 }
 
 /** Longest base64 text of a bundle within MAX_BUNDLE_FILE_BYTES. */
@@ -84,7 +83,7 @@ export const BUNDLE_OPERATIONS = {
     args: z.object({ revision: Revision }).strict(),
     run: async (ctx, { revision }) => {
       const bytes = await configuredBundleStore(ctx).fetch(revision);
-      return { revision, sha256: createHash('sha256').update(bytes).digest('hex'), size: bytes.length, bundle: bytes.toString('base64') };
+      return { revision, sha256: sha256Hex(bytes), size: bytes.length, bundle: bytes.toString('base64') };
     },
   }),
   'bundle.activate': op({

@@ -13,7 +13,7 @@
  * A state.json that cannot be read is an error naming the file, never a reason to start over: starting over would
  * silently forget which revision is active.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readFile, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
@@ -22,6 +22,7 @@ import { z } from 'zod';
 
 import { CaracalError, isCaracalError, toError } from '../errors/catalog.js';
 import { retry } from '../util/retry.js';
+import { sha256Hex } from './bundle.js';
 import { inspectBundleForStore } from './bundle-store-open.js';
 import {
   activateChange,
@@ -159,7 +160,7 @@ export class DirectoryBundleStore implements BundleStore {
     if (size !== info.size) throw new CaracalError('CARACAL_VALIDATION', `${file} is ${size} bytes, not the ${info.size} recorded in ${this.stateFile} (changed outside the store?)`);
     const bytes = await this.fs(() => readFile(file), 'read');
     // The folder is shared and writable by hand: the bytes served must be the bytes published.
-    if (createHash('sha256').update(bytes).digest('hex') !== info.sha256) {
+    if (sha256Hex(bytes) !== info.sha256) {
       throw new CaracalError('CARACAL_VALIDATION', `${file} does not match the sha256 recorded in ${this.stateFile} (changed outside the store?)`);
     }
     return bytes;

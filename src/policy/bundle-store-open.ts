@@ -2,12 +2,11 @@
  * Naming and opening a bundle store (`--to`, `--store`, `policy.store`), and the one check every store runs on what
  * it is asked to publish. The stores themselves live in bundle-store-dir.ts and bundle-store-db.ts.
  */
-import { createHash } from 'node:crypto';
 import path from 'node:path';
 
 import { CaracalError } from '../errors/catalog.js';
 import type { Db } from '../store/db.js';
-import { MAX_BUNDLE_FILE_BYTES, parseBundle } from './bundle.js';
+import { MAX_BUNDLE_FILE_BYTES, parseBundle, sha256Hex } from './bundle.js';
 import { DatabaseBundleStore } from './bundle-store-db.js';
 import { DirectoryBundleStore } from './bundle-store-dir.js';
 import { type BundleStore, type BundleStoreSpec, REVISION_PATTERN } from './bundle-store.js';
@@ -81,7 +80,7 @@ export async function inspectBundleForStore(bytes: Buffer, source = '<upload>'):
   const caracal = isRecord(metadata) && isRecord(metadata.caracal) ? metadata.caracal : {};
   return {
     revision,
-    sha256: createHash('sha256').update(bytes).digest('hex'),
+    sha256: sha256Hex(bytes),
     size: bytes.length,
     buildTime: shortString(caracal.build_time),
     opaVersion: shortString(caracal.opa_version),

@@ -10,13 +10,12 @@
  * the previous shadow, or none); the refusal is logged, counted and kept as `lastLoadError` (`shadowLoadError`)
  * for /ready.
  */
-import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import type { Counter, Gauge } from 'prom-client';
 
 import { toError } from '../errors/catalog.js';
 import type { Logger } from '../logging/logger.js';
-import { MAX_BUNDLE_FILE_BYTES } from './bundle.js';
+import { MAX_BUNDLE_FILE_BYTES, sha256Hex } from './bundle.js';
 import { type BundleSource, FileBundleSource, type SlotReading, type SourcePoll } from './bundle-sources.js';
 import { type Decision, type DecisionInput, type EngineOptions, PolicyEngine, smokeEvaluate } from './engine.js';
 import { type BundleSigningConfig, type BundleVerification, loadBundleVerification } from './signing.js';
@@ -93,7 +92,7 @@ interface SlotState {
   refusedAt: number | null;
 }
 
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+const sha256 = sha256Hex;
 
 export class BundleWatcher {
   /** The holder the gateway reads; `current` and `shadow` are each replaced in one assignment. */

@@ -30,6 +30,11 @@ export const DECISION_ENTRYPOINT = 'caracal/authz/decision';
 export const BUILD_IGNORE: readonly string[] = ['*_test.rego', 'fixtures', 'examples', '*.md', '*.json', '*.yaml', '*.yml', '.*'];
 
 /** Caps for reading a bundle: compressed file, uncompressed tar, number of members. */
+/** SHA-256 of a bundle file's bytes, hex: its identity in stores, ETags and the hot-swap watcher. */
+export function sha256Hex(bytes: Buffer): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
 export const MAX_BUNDLE_FILE_BYTES = 64 * 1024 * 1024;
 export const MAX_BUNDLE_UNCOMPRESSED_BYTES = 64 * 1024 * 1024;
 export const MAX_BUNDLE_ENTRIES = 10_000;

@@ -19,6 +19,7 @@
 import { CaracalError } from '../errors/catalog.js';
 import { EVENT_TYPES } from '../events/cloudevents.js';
 import type { Queryable } from '../store/db.js';
+import type { BundleStore } from './bundle-store.js';
 import { type Decision, type DecisionInput, PolicyEngine, smokeEvaluate } from './engine.js';
 import { type BundleSigningConfig, loadBundleVerification } from './signing.js';
 
@@ -313,3 +314,7 @@ export async function loadCandidateEngine(bytes: Buffer, source: string, signing
   return engine;
 }
 
+/** Refuses (one line) a stored revision a gateway with these signing keys would not load: before a pointer moves to it. */
+export async function checkStoredRevisionLoadable(store: Pick<BundleStore, 'fetch' | 'description'>, revision: string, signing: BundleSigningConfig): Promise<void> {
+  await loadCandidateEngine(await store.fetch(revision), `revision ${revision} (${store.description})`, signing, revision);
+}

@@ -9,7 +9,7 @@ import { MAX_BUNDLE_FILE_BYTES, parseBundle } from '../../policy/bundle.js';
 import type { ReplayChange, ReplayResult } from '../../policy/replay.js';
 import { positiveInt } from '../parse.js';
 import type { CliRuntime } from '../runtime.js';
-import { fetchStoredBundle } from './bundle-store.js';
+import { fetchStoredBundle, resolveStore } from './bundle-store.js';
 
 const TIME_HELP = 'ISO 8601 with Z or an offset, or a date (that day\'s UTC midnight)';
 
@@ -84,8 +84,10 @@ function strictTime(flag: string, raw: string): Date {
  * The candidate's bytes: a file (checked here, so a typo fails before anything is sent), or a revision fetched from
  * its store (`bundle fetch`'s rules). Loading it — signature, WASM, smoke evaluation — is the operation's.
  */
-async function candidateBytes(runtime: CliRuntime, candidate: DiffArgs['candidate']): Promise<{ bundle: string; expectRevision?: string }> {
+async function candidateBytes(runtime: CliRuntime, candidate: DiffArgs['candidate']): Promise<{ bundle: string; expectRevision?: string } | { revision: string }> {
   if (candidate.kind === 'store') {
+    // The database store is the operation's own: it reads the revision there, nothing is sent back and forth.
+    if (resolveStore(runtime, candidate.store).kind === 'db') return { revision: candidate.revision };
     const { bytes } = await fetchStoredBundle(runtime, candidate.revision, candidate.store);
     return { bundle: bytes.toString('base64'), expectRevision: candidate.revision };
   }

@@ -1,14 +1,14 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { CaracalError, toError } from '../../errors/catalog.js';
-import { MAX_BUNDLE_FILE_BYTES } from '../../policy/bundle.js';
+import { MAX_BUNDLE_FILE_BYTES, sha256Hex } from '../../policy/bundle.js';
 import type { ActivationResult, BundleStoreListing, BundleStoreSpec, PublishResult } from '../../policy/bundle-store.js';
 import { DirectoryBundleStore } from '../../policy/bundle-store-dir.js';
 import { describeBundleStoreSpec, inspectBundleForStore, parseBundleStoreSpec } from '../../policy/bundle-store-open.js';
 import { checkRevision } from '../../policy/bundle-store-state.js';
-import { loadCandidateEngine } from '../../policy/replay.js';
+import { checkStoredRevisionLoadable } from '../../policy/replay.js';
 import type { OperationName } from '../../operations/index.js';
 import { cliCaller } from '../../audit/admin-actions.js';
 import { callAdminApi, type CliRuntime } from '../runtime.js';
@@ -161,7 +161,7 @@ export function registerBundleStoreCommands(bundle: Command, rt: () => CliRuntim
       if (await stat(out).then((s) => s.isDirectory(), () => false)) throw new CaracalError('CARACAL_USAGE', `--out ${out} is a directory; name a file`);
       const { bytes } = await fetchStoredBundle(runtime, options.revision, options.store);
       await writeAtomically(out, bytes);
-      const result = { revision: options.revision, sha256: sha256(bytes), size: bytes.length, out };
+      const result = { revision: options.revision, sha256: sha256Hex(bytes), size: bytes.length, out };
       if (options.json) runtime.out.json(result);
       else runtime.out.line(`fetched ${result.revision} sha256=${result.sha256} to ${out} (${result.size} bytes)`);
     });
@@ -179,7 +179,7 @@ export async function fetchStoredBundle(runtime: CliRuntime, revision: string, s
   const result = await remote<{ sha256?: unknown; bundle?: unknown }>(runtime, target, 'bundle.fetch', { revision });
   if (typeof result?.bundle !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(result.bundle)) throw new CaracalError('CARACAL_DEPENDENCY', `${store} did not answer bundle.fetch ${revision} with a base64 bundle`);
   const bytes = Buffer.from(result.bundle, 'base64');
-  if (sha256(bytes) !== result.sha256) throw new CaracalError('CARACAL_DEPENDENCY', `the bytes of ${revision} do not match the sha256 ${store} sent (corrupted on the way?)`);
+  if (sha256Hex(bytes) !== result.sha256) throw new CaracalError('CARACAL_DEPENDENCY', `the bytes of ${revision} do not match the sha256 ${store} sent (corrupted on the way?)`);
   return { bytes, store };
 }
 
@@ -187,8 +187,8 @@ export async function fetchStoredBundle(runtime: CliRuntime, revision: string, s
  * On a directory store the CLI moves the pointer itself, so it checks what the operations check on the others: that a
  * gateway with this configuration's `policy.signing` would load the revision (signature, WASM, smoke evaluation).
  */
-async function checkLoadable(runtime: CliRuntime, store: DirectoryBundleStore, revision: string): Promise<void> {
-  await loadCandidateEngine(await store.fetch(revision), `revision ${revision} (${store.description})`, runtime.config().policy.signing, revision);
+function checkLoadable(runtime: CliRuntime, store: DirectoryBundleStore, revision: string): Promise<void> {
+  return checkStoredRevisionLoadable(store, revision, runtime.config().policy.signing);
 }
 
 async function activateChecked(runtime: CliRuntime, store: DirectoryBundleStore, revision: string): Promise<ActivationResult> {
@@ -211,12 +211,9 @@ function activatedLine(result: ActivationResult): string {
   return result.active === result.previous ? `${result.active} is already active` : `activated ${result.active} (was ${result.previous ?? 'none'})`;
 }
 
-function sha256(bytes: Buffer): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
 
 /** The flag; else `policy.store` unless it is a URL to pull from; else `db`. */
-function resolveStore(runtime: CliRuntime, flag: string | undefined): BundleStoreSpec {
+export function resolveStore(runtime: CliRuntime, flag: string | undefined): BundleStoreSpec {
   if (flag !== undefined) {
     const spec = parseBundleStoreSpec(flag);
     if (spec.kind === 'db') {
